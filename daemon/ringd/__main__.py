@@ -1,0 +1,3 @@
+from ringd.cli import app
+
+app()

@@ -1,0 +1,101 @@
+"""Inputs to and effects out of the Totem core, beside the shared ones in ``events.py``.
+
+The Totem core reuses :class:`ringd.core.events.Received` and :class:`~ringd.core.events.Tick`
+as inputs. Members are identified by node name (str); ring order is the sorted order of
+names. The runtime maps names to addresses; the simulator uses names directly.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from ringd.messages import Message
+from ringd.totem_messages import RingId
+
+# --- Inputs ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Publish:
+    """An application message to order. ``msg_id`` is chosen by the caller, unique per sender."""
+
+    msg_id: int
+    payload: bytes
+    safe: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerAlive:
+    """Gossip says ``node`` is alive and ring-capable (hint: may trigger a merge)."""
+
+    node: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerDead:
+    """Gossip says ``node`` is dead or left (hint: a ring member → Gather at once)."""
+
+    node: str
+
+
+# --- Effects --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SendTo:
+    """Unicast ``msg`` to member ``dest`` (token, commit token)."""
+
+    dest: str
+    msg: Message
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Broadcast:
+    """Multicast ``msg`` to every processor, including ourselves (the runtime loops it back)."""
+
+    msg: Message
+
+
+class ConfigKind(enum.Enum):
+    TRANSITIONAL = "transitional"
+    REGULAR = "regular"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Deliver:
+    """Deliver one application message, in total order, within configuration ``ring_id``."""
+
+    ring_id: RingId  # the configuration it is delivered in (old ring id for transitional)
+    seq: int  # its Totem sequence number on the ring it was ordered on
+    origin: str
+    msg_id: int
+    payload: bytes
+    safe: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConfigChange:
+    """Install a configuration: transitional (old ∩ new) then regular (new ring)."""
+
+    kind: ConfigKind
+    ring_id: RingId
+    members: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PersistRingSeq:
+    """Durably store ``seq`` before going on; a restart passes it back to the core."""
+
+    seq: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SendRefused:
+    """A Publish could not be queued (backpressure: send queue full, or too large)."""
+
+    msg_id: int
+    reason: str
+
+
+TotemEffect = SendTo | Broadcast | Deliver | ConfigChange | PersistRingSeq | SendRefused
