@@ -1,0 +1,585 @@
+"""The wire codec: the only module that knows bytes (and the only importer of cbor2).
+
+Datagram envelope (version 1)::
+
+    offset  size  field
+    0       2     magic b"RG"
+    2       1     version (1)
+    3       1     flags: bit 0 = a MAC trails the datagram; other bits must be 0
+    4       8     cluster id: BLAKE2b-64 of the UTF-8 cluster name (personalised)
+    12      n     body: one CBOR item, the array [sender, message]
+    12+n    16    MAC (only with flag bit 0): keyed BLAKE2b-128 over bytes 0..12+n
+
+A *message* is the CBOR array ``[tag, field_1, ..., field_k]``: its registered type tag
+(``ringd.messages.register``) followed by its dataclass field values in declaration
+order, with no field names. Field values map to CBOR as: ``int`` -> integer (signed
+64-bit range), ``float`` -> float (finite), ``bool``, ``str`` -> text, ``bytes`` -> bytes,
+``IntEnum`` subclasses -> integer, ``X | None`` -> null or X, registered classes and unions of them -> embedded message
+array (its tag says which class), ``tuple[X, ...]`` -> array, ``dict[str, X]`` -> map.
+
+Decoding (:meth:`Codec.decode_untrusted`) is the trust boundary and checks, in order:
+size <= ``datagram_bytes_max`` (TOO_LARGE), magic (MALFORMED), version (BAD_VERSION),
+flags (MALFORMED), cluster id (WRONG_CLUSTER), MAC presence and value with
+``hmac.compare_digest`` before any CBOR is parsed (AUTH_FAILED), then the CBOR body
+(MALFORMED, or UNKNOWN_TYPE for an unregistered tag). Nothing else ever escapes it.
+
+Why the CBOR parse cannot be made to allocate much: the datagram is capped first, and
+cbor2 (checked on 6.3) neither pre-allocates arrays/maps from their declared count nor
+strings from their declared length (it reads in 64 KiB chunks and fails at the end of
+the buffer), so every object it builds is backed by at least one byte of the capped
+input. We also refuse indefinite lengths, duplicate and non-string map keys, nesting
+deeper than :data:`DEPTH_MAX`, every CBOR tag (shared references could otherwise turn a
+small datagram into a huge walk, bignums into huge ints), and trailing bytes. The decoded
+tree is then checked against the message schema with exact types (``bool`` is not an
+``int``), so undefined and other simple values are refused too.
+
+Keys (:func:`load_key`) authenticate, they do not encrypt. The MAC covers the header,
+so a datagram cannot be replayed into a cluster with another name.
+
+The control / client API uses :func:`pack_frame` and :class:`FrameReader`: a 4-byte
+big-endian length followed by one CBOR item of plain data (dict, list, str, int, bytes,
+bool, None, float).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import hmac
+import io
+import math
+import struct
+import types
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final
+
+import cbor2
+
+import ringd.totem_messages  # noqa: F401  (registers the Totem messages with the codec)
+from ringd.messages import MESSAGE_TYPES, Message
+
+MAGIC: Final = b"RG"
+VERSION: Final = 1
+FLAG_MAC: Final = 0x01
+HEADER_BYTES: Final = 12
+MAC_BYTES: Final = 16
+CLUSTER_ID_BYTES: Final = 8
+SENDER_CHARS_MAX: Final = 255
+DEPTH_MAX: Final = 32  # CBOR container nesting; messages nest far less deep
+INT_MIN: Final = -(1 << 63)
+INT_MAX: Final = (1 << 63) - 1
+KEY_BYTES_MIN: Final = 16
+KEY_FILE_BYTES_MAX: Final = 4096
+FRAME_BYTES_MAX: Final = 16 << 20
+FRAME_DEPTH_MAX: Final = 64
+
+_HEADER = struct.Struct(">2sBB8s")
+_FRAME_LEN = struct.Struct(">I")
+
+
+class DropReason(enum.Enum):
+    """Why a datagram was dropped; the values are metric label values."""
+
+    MALFORMED = "malformed"
+    WRONG_CLUSTER = "wrong_cluster"
+    BAD_VERSION = "bad_version"
+    UNKNOWN_TYPE = "unknown_type"
+    AUTH_FAILED = "auth_failed"
+    TOO_LARGE = "too_large"
+
+
+class WireError(Exception):
+    """Bytes from a peer that we refuse; ``reason`` says why, ``str()`` is one line."""
+
+    def __init__(self, reason: DropReason, detail: str = "") -> None:
+        self.reason = reason
+        super().__init__(f"{reason.value}: {detail}" if detail else reason.value)
+
+
+class KeyFileError(Exception):
+    """The cluster key file is missing, unreadable or unusable (one-line message)."""
+
+
+def load_key(path: str | Path) -> bytes:
+    """Read a cluster key: hex (even number of hex digits) or raw bytes, >= 16 bytes.
+
+    Surrounding whitespace is ignored. Raises :class:`KeyFileError` naming the file.
+    """
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(KEY_FILE_BYTES_MAX + 1)
+    except FileNotFoundError:
+        raise KeyFileError(f"key file {path}: does not exist") from None
+    except IsADirectoryError:
+        raise KeyFileError(f"key file {path}: is a directory") from None
+    except OSError as exc:
+        raise KeyFileError(f"key file {path}: cannot read: {exc.strerror}") from None
+    if len(raw) > KEY_FILE_BYTES_MAX:
+        raise KeyFileError(f"key file {path}: larger than {KEY_FILE_BYTES_MAX} bytes")
+    text = raw.strip()
+    key = text
+    kind = "raw"
+    try:
+        key = bytes.fromhex(text.decode("ascii"))
+        kind = "hex"
+    except (UnicodeDecodeError, ValueError):
+        pass
+    if len(key) < KEY_BYTES_MIN:
+        raise KeyFileError(
+            f"key file {path}: {kind} key has {len(key)} bytes, need at least {KEY_BYTES_MIN}"
+        )
+    return key
+
+
+# --- Tag rejection ---------------------------------------------------------------------
+
+class _TagRefused(Exception):
+    pass
+
+
+def _refuse_tag(*_args: Any) -> Any:
+    raise _TagRefused
+
+
+# Tags cbor2 6.3 decodes by itself (probed over 0..70000); every other tag reaches
+# tag_hook. Both routes raise, so no tag survives decoding.
+_BUILTIN_TAGS: Final = (0, 1, 2, 3, 4, 5, 25, 28, 29, 30, 35, 36, 37, 52, 54, 100, 256, 258,
+                        260, 261, 1004, 43000, 55799)
+_CBOR_STRICT: Final[dict[str, Any]] = {
+    "tag_hook": _refuse_tag,
+    "semantic_decoders": dict.fromkeys(_BUILTIN_TAGS, _refuse_tag),
+    "allow_indefinite": False,
+    "allow_duplicate_keys": False,
+    "strict_hashable_types": True,
+}
+
+
+def _loads_exact(data: bytes, depth_max: int) -> Any:
+    """Decode exactly one CBOR item filling ``data``; trailing bytes are malformed."""
+    fp = io.BytesIO(data)
+    value = cbor2.CBORDecoder(fp, max_depth=depth_max, **_CBOR_STRICT).decode()
+    if fp.tell() != len(data):
+        raise WireError(DropReason.MALFORMED, "trailing bytes after CBOR item")
+    return value
+
+
+# --- Per-class schemas -----------------------------------------------------------------
+
+_Encoder = Callable[[Any], Any] | None  # None: the value is already plain CBOR data
+_Decoder = Callable[[Any], Any]  # checks an untrusted value and converts it
+
+
+def _bad(detail: str) -> WireError:
+    return WireError(DropReason.MALFORMED, detail)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Schema:
+    """How one message class maps to and from its plain CBOR array."""
+
+    cls: type[Message]
+    tag: int
+    encode: Callable[[Any], list[Any]]  # message -> [tag, values...]
+    decode: Callable[[list[Any]], Message]  # untrusted array (tag already checked) -> message
+
+
+_SCHEMAS: dict[type, _Schema] = {}
+
+
+def _schema(cls: type) -> _Schema:
+    schema = _SCHEMAS.get(cls)
+    if schema is None:
+        schema = _SCHEMAS[cls] = _build_schema(cls)
+    return schema
+
+
+# Field types checked inline by the generated decoder: the condition that makes a value
+# ``{x}`` bad.
+_INLINE_CHECKS: Final[dict[Any, str]] = {
+    int: "type({x}) is not int or not INT_MIN <= {x} <= INT_MAX",
+    bool: "type({x}) is not bool",
+    str: "type({x}) is not str",
+    bytes: "type({x}) is not bytes",
+    float: "type({x}) is not float or not isfinite({x})",
+}
+
+
+def _build_schema(cls: type) -> _Schema:
+    """Generate the encode/decode functions of one class (as dataclasses generates __init__).
+
+    The codec is on the hot path; straight-line code with the primitive type checks
+    inlined is about twice as fast as looping over per-field decoder closures.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Message) and dataclasses.is_dataclass(cls)):
+        raise TypeError(f"{cls!r} is not a message dataclass")
+    tag = _schema_tag(cls, cls.__name__)
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    env: dict[str, Any] = {"cls": cls, "bad": _bad, "INT_MIN": INT_MIN, "INT_MAX": INT_MAX,
+                           "isfinite": math.isfinite}
+    enc_items = [str(tag)]
+    dec_lines = [
+        "def decode(v):",
+        f"    if len(v) != {len(names) + 1}:",
+        f"        raise bad('{cls.__name__} needs {len(names)} fields')",
+        f"    _tag, {''.join(f'x{i}, ' for i in range(len(names)))}= v",
+    ]
+    kwargs = []
+    for i, name in enumerate(names):
+        where = f"{cls.__name__}.{name}"
+        tp = hints[name]
+        check = _INLINE_CHECKS.get(tp)
+        if check is not None:
+            dec_lines += [f"    if {check.format(x=f'x{i}')}:",
+                          f"        raise bad('{where}: expected {tp.__name__}')"]
+            kwargs.append(f"{name}=x{i}")
+        else:
+            kwargs.append(f"{name}=d{i}(x{i})")
+        enc, dec = _field_codec(tp, where)
+        env[f"d{i}"] = dec
+        if enc is None:
+            enc_items.append(f"m.{name}")
+        else:
+            env[f"e{i}"] = enc
+            enc_items.append(f"e{i}(m.{name})")
+    dec_lines.append(f"    return cls({', '.join(kwargs)})")
+    enc_lines = ["def encode(m):", f"    return [{', '.join(enc_items)}]"]
+    exec("\n".join(dec_lines + enc_lines), env)  # noqa: S102 - source built from field names
+    return _Schema(cls, tag, env["encode"], env["decode"])
+
+
+def _is_message_class(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, Message)
+
+
+def _field_codec(tp: Any, where: str) -> tuple[_Encoder, _Decoder]:
+    """(encoder, decoder) for one annotated type; TypeError for unsupported types."""
+    if tp is int:
+        return None, _dec_int
+    if tp is bool:
+        return None, _dec_bool
+    if tp is float:
+        return float, _dec_float
+    if tp is str:
+        return None, _dec_str
+    if tp is bytes:
+        return None, _dec_bytes
+    if isinstance(tp, type) and issubclass(tp, enum.IntEnum):
+        enum_cls = tp
+        return None, lambda v: enum_cls(_dec_int(v))  # ValueError -> MALFORMED
+    if _is_message_class(tp):
+        return _to_plain, _union_decoder({_schema_tag(tp, where): tp})
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (types.UnionType, typing.Union):
+        members = [a for a in args if a is not type(None)]
+        if len(members) < len(args):  # X | None
+            inner = members[0] if len(members) == 1 else typing.Union[tuple(members)]  # noqa: UP007
+            enc, dec = _field_codec(inner, where)
+            return _optional(enc, dec)
+        if all(_is_message_class(a) for a in members):
+            return _to_plain, _union_decoder({_schema_tag(a, where): a for a in members})
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        enc, dec = _field_codec(args[0], where)
+        return _tuple_codec(enc, dec)
+    if origin is dict and len(args) == 2 and args[0] is str:
+        enc, dec = _field_codec(args[1], where)
+        return _dict_codec(enc, dec)
+    raise TypeError(f"{where}: type {tp!r} is not supported by the wire codec")
+
+
+def _schema_tag(cls: type, where: str) -> int:
+    tag = cls.__dict__.get("TYPE")
+    if MESSAGE_TYPES.get(tag) is not cls:
+        raise TypeError(f"{where}: {cls.__name__} is not a registered message")
+    return tag  # type: ignore[no-any-return]
+
+
+def _dec_int(v: Any) -> int:
+    if type(v) is int and INT_MIN <= v <= INT_MAX:
+        return v
+    raise _bad("expected a 64-bit integer")
+
+
+def _dec_bool(v: Any) -> bool:
+    if type(v) is bool:
+        return v
+    raise _bad("expected a bool")
+
+
+def _dec_float(v: Any) -> float:
+    if type(v) is float and math.isfinite(v):
+        return v
+    raise _bad("expected a finite float")
+
+
+def _dec_str(v: Any) -> str:
+    if type(v) is str:
+        return v
+    raise _bad("expected a text string")
+
+
+def _dec_bytes(v: Any) -> bytes:
+    if type(v) is bytes:
+        return v
+    raise _bad("expected a byte string")
+
+
+# Decoders that only check an exact type (no range or finiteness to check).
+_EXACT_TYPES: Final[dict[Any, type]] = {_dec_bool: bool, _dec_str: str, _dec_bytes: bytes}
+
+
+def _optional(enc: _Encoder, dec: _Decoder) -> tuple[_Encoder, _Decoder]:
+    def decode(v: Any) -> Any:
+        return None if v is None else dec(v)
+
+    if enc is None:
+        return None, decode
+    inner = enc
+    return (lambda v: None if v is None else inner(v)), decode
+
+
+def _tuple_codec(enc: _Encoder, dec: _Decoder) -> tuple[_Encoder, _Decoder]:
+    def decode(v: Any) -> tuple[Any, ...]:
+        if type(v) is not list:
+            raise _bad("expected an array")
+        return tuple(map(dec, v))
+
+    if enc is None:
+        return None, decode  # cbor2 writes tuples as arrays
+    inner = enc
+    return (lambda v: list(map(inner, v))), decode
+
+
+def _dict_codec(enc: _Encoder, dec: _Decoder) -> tuple[_Encoder, _Decoder]:
+    exact = _EXACT_TYPES.get(dec)
+
+    def decode(v: Any) -> dict[str, Any]:
+        if type(v) is not dict:
+            raise _bad("expected a map")
+        if exact is not None:  # e.g. dict[str, str]: check in place, keep cbor2's fresh dict
+            for k, x in v.items():
+                if type(k) is not str or type(x) is not exact:
+                    raise _bad(f"expected a map of str to {exact.__name__}")
+            return v
+        for k in v:
+            if type(k) is not str:
+                raise _bad("expected text map keys")
+        return {k: dec(x) for k, x in v.items()}
+
+    if enc is None:
+        return None, decode
+    inner = enc
+    return (lambda v: {k: inner(x) for k, x in v.items()}), decode
+
+
+def _union_decoder(allowed: dict[int, type]) -> _Decoder:
+    def decode(v: Any) -> Message:
+        if type(v) is not list or not v:
+            raise _bad("expected a message array")
+        tag = v[0]
+        if type(tag) is not int:
+            raise _bad("message tag is not an integer")
+        cls = allowed.get(tag)
+        if cls is None:
+            if tag in MESSAGE_TYPES:
+                raise _bad(f"message type {tag} not allowed here")
+            raise WireError(DropReason.UNKNOWN_TYPE, f"unknown message type {tag}")
+        return (_SCHEMAS.get(cls) or _schema(cls)).decode(v)
+
+    return decode
+
+
+def _to_plain(msg: Any) -> list[Any]:
+    """A message as the plain list cbor2 encodes: [tag, field values...]."""
+    return (_SCHEMAS.get(type(msg)) or _schema(type(msg))).encode(msg)
+
+
+# --- The datagram codec ----------------------------------------------------------------
+
+def cluster_id(cluster_name: str) -> bytes:
+    """The 8-byte cluster id carried in every datagram header."""
+    return hashlib.blake2b(cluster_name.encode(), digest_size=CLUSTER_ID_BYTES,
+                           person=b"ringd-cluster").digest()
+
+
+class Codec:
+    """Encodes messages into datagrams of one cluster and decodes untrusted datagrams.
+
+    With ``key`` every datagram carries a MAC and unauthenticated ones are refused;
+    without it, authenticated datagrams are refused (we cannot verify them).
+    """
+
+    def __init__(self, cluster_name: str, key: bytes | None = None,
+                 datagram_bytes_max: int = 65000) -> None:
+        if key is not None and len(key) < KEY_BYTES_MIN:
+            raise ValueError(f"key must have at least {KEY_BYTES_MIN} bytes")
+        self.cluster_name = cluster_name
+        self.datagram_bytes_max = datagram_bytes_max
+        self._cluster_id = cluster_id(cluster_name)
+        self._mac: Any = None  # a keyed blake2b object, copied per datagram
+        if key is not None:
+            # Derive the MAC key so any key length works and the key file can later feed
+            # other primitives (encryption) without reusing the same bytes.
+            mac_key = hashlib.blake2b(key, digest_size=32, person=b"ringd-mac-key").digest()
+            self._mac = hashlib.blake2b(key=mac_key, digest_size=MAC_BYTES, person=b"ringd-mac-v1")
+        self._header = _HEADER.pack(MAGIC, VERSION, FLAG_MAC if key is not None else 0,
+                                    self._cluster_id)
+
+    @property
+    def authenticated(self) -> bool:
+        """True when this codec signs and verifies datagrams."""
+        return self._mac is not None
+
+    def encode(self, sender: str, msg: Message) -> bytes:
+        """One datagram carrying ``msg`` from ``sender``; ValueError if it would be too large."""
+        if not 0 < len(sender) <= SENDER_CHARS_MAX:
+            raise ValueError(f"sender name must have 1..{SENDER_CHARS_MAX} characters")
+        data = self._header + cbor2.dumps([sender, _to_plain(msg)])
+        if self._mac is not None:
+            mac = self._mac.copy()
+            mac.update(data)
+            data += mac.digest()
+        if len(data) > self.datagram_bytes_max:
+            raise ValueError(f"{type(msg).__name__} datagram of {len(data)} bytes exceeds "
+                             f"datagram_bytes_max ({self.datagram_bytes_max})")
+        return data
+
+    def size_of(self, msg: Message) -> int:
+        """Encoded size of ``msg`` as embedded in a body (e.g. one piggybacked update)."""
+        return len(cbor2.dumps(_to_plain(msg)))
+
+    def envelope_bytes(self, sender: str) -> int:
+        """Bytes a datagram from ``sender`` adds around its message (header, MAC, arrays)."""
+        return len(self.encode(sender, _EMPTY)) - self.size_of(_EMPTY)
+
+    def decode_untrusted(self, data: bytes) -> tuple[str, Message]:
+        """(sender, message) from a peer's datagram, or :class:`WireError` -- nothing else."""
+        try:
+            return self._decode(data)
+        except WireError:
+            raise
+        except Exception as exc:  # cbor2 and constructors may raise anything on garbage
+            raise WireError(DropReason.MALFORMED, type(exc).__name__) from None
+
+    def _decode(self, data: bytes) -> tuple[str, Message]:
+        size = len(data)
+        if size > self.datagram_bytes_max:
+            raise WireError(DropReason.TOO_LARGE, f"{size} bytes")
+        if size <= HEADER_BYTES or data[:2] != MAGIC:
+            raise _bad("not a ringd datagram")
+        _magic, version, flags, cluster = _HEADER.unpack_from(data)
+        if version != VERSION:
+            raise WireError(DropReason.BAD_VERSION, f"version {version}")
+        if flags & ~FLAG_MAC:
+            raise _bad(f"unknown flags {flags:#x}")
+        if cluster != self._cluster_id:
+            raise WireError(DropReason.WRONG_CLUSTER)
+        end = size
+        if flags & FLAG_MAC:
+            if self._mac is None:
+                raise WireError(DropReason.AUTH_FAILED, "datagram has a MAC but we have no key")
+            end = size - MAC_BYTES
+            if end <= HEADER_BYTES:
+                raise WireError(DropReason.AUTH_FAILED, "datagram too short for its MAC")
+            mac = self._mac.copy()
+            mac.update(data[:end])
+            if not hmac.compare_digest(mac.digest(), data[end:]):
+                raise WireError(DropReason.AUTH_FAILED, "bad MAC")
+        elif self._mac is not None:
+            raise WireError(DropReason.AUTH_FAILED, "datagram is not authenticated")
+        body = _loads_exact(bytes(data[HEADER_BYTES:end]), DEPTH_MAX)
+        if type(body) is not list or len(body) != 2:
+            raise _bad("body is not [sender, message]")
+        sender, plain = body
+        if type(sender) is not str or not 0 < len(sender) <= SENDER_CHARS_MAX:
+            raise _bad("bad sender name")
+        if type(plain) is not list or not plain or type(plain[0]) is not int:
+            raise _bad("bad message array")
+        cls = MESSAGE_TYPES.get(plain[0])
+        if cls is None:
+            raise WireError(DropReason.UNKNOWN_TYPE, f"unknown message type {plain[0]}")
+        return sender, (_SCHEMAS.get(cls) or _schema(cls)).decode(plain)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Empty(Message):
+    """Stand-in message with no fields, to measure envelope overhead (never registered)."""
+
+
+_EMPTY = _Empty()
+_SCHEMAS[_Empty] = _Schema(_Empty, 0, lambda _m: [0], lambda _v: _EMPTY)
+
+
+# --- Control / client API framing ------------------------------------------------------
+
+_PLAIN_LEAVES: Final = (str, int, bytes, bool, float, type(None))
+
+
+def pack_frame(obj: Any) -> bytes:
+    """One frame: 4-byte big-endian length + CBOR of plain data; ValueError if too large."""
+    payload = cbor2.dumps(obj)
+    if len(payload) > FRAME_BYTES_MAX:
+        raise ValueError(f"frame of {len(payload)} bytes exceeds {FRAME_BYTES_MAX}")
+    return _FRAME_LEN.pack(len(payload)) + payload
+
+
+def _check_plain(root: Any) -> None:
+    """Refuse anything but dict/list/str/int/bytes/bool/None/float (e.g. undefined)."""
+    stack = [root]
+    while stack:
+        v = stack.pop()
+        t = type(v)
+        if t is list:
+            stack.extend(v)
+        elif t is dict:
+            stack.extend(v.values())  # keys are str/bytes (strict_hashable_types)
+        elif t not in _PLAIN_LEAVES:
+            raise _bad(f"unsupported value of type {t.__name__}")
+
+
+class FrameReader:
+    """Splits a byte stream into frames and decodes them.
+
+    After a :class:`WireError` the stream is unusable (framing is lost); close it.
+    """
+
+    def __init__(self, frame_bytes_max: int = FRAME_BYTES_MAX) -> None:
+        self._buf = bytearray()
+        self._frame_bytes_max = frame_bytes_max
+        self._error: WireError | None = None
+
+    def feed(self, data: bytes) -> list[Any]:
+        """Append received bytes; return every frame completed by them, in order."""
+        if self._error is not None:
+            raise self._error
+        self._buf += data
+        out: list[Any] = []
+        try:
+            while len(self._buf) >= _FRAME_LEN.size:
+                (length,) = _FRAME_LEN.unpack_from(self._buf)
+                if length > self._frame_bytes_max:
+                    raise WireError(DropReason.TOO_LARGE, f"frame of {length} bytes")
+                end = _FRAME_LEN.size + length
+                if len(self._buf) < end:
+                    break
+                payload = bytes(self._buf[_FRAME_LEN.size:end])
+                del self._buf[:end]
+                out.append(_decode_frame(payload))
+        except WireError as exc:
+            self._error = exc
+            raise
+        return out
+
+
+def _decode_frame(payload: bytes) -> Any:
+    try:
+        value = _loads_exact(payload, FRAME_DEPTH_MAX)
+        _check_plain(value)
+        return value
+    except WireError:
+        raise
+    except Exception as exc:
+        raise WireError(DropReason.MALFORMED, type(exc).__name__) from None
