@@ -1,0 +1,257 @@
+"""The ``ringd`` command line (Typer). Parse arguments, build a Config, call the runtime.
+
+Every error is one line on stderr (``ringd: error: ...``) and a non-zero exit code; no
+tracebacks for operator mistakes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from typer.core import TyperGroup
+
+from ringd import client
+from ringd.config import Config, ConfigError, env_var, knobs, load_config
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print one error line on stderr and exit."""
+    print(f"ringd: error: {message}", file=sys.stderr, flush=True)
+    raise typer.Exit(code)
+
+
+class _OneLineErrorGroup(TyperGroup):
+    """Usage errors (unknown option, bad value) as one line instead of a help panel."""
+
+    def main(self, args: Any = None, prog_name: Any = None, complete_var: Any = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except typer.TyperException as exc:  # usage errors (click's ClickException)
+            if type(exc).__name__ == "NoArgsIsHelpError":
+                sys.exit(exc.exit_code)  # the help text has been printed already
+            ctx = getattr(exc, "ctx", None)
+            where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            print(f"ringd: error: {exc.format_message()}{where}", file=sys.stderr, flush=True)
+            rv = exc.exit_code
+        except typer.Abort:
+            print("ringd: aborted", file=sys.stderr, flush=True)
+            rv = 130
+        code = rv if isinstance(rv, int) else 0
+        if not standalone_mode:
+            return code
+        sys.exit(code)
+
+
+app = typer.Typer(
+    cls=_OneLineErrorGroup,
+    help="ringd: gossip membership (SWIM/Lifeguard) and Totem ordered delivery, one Trio daemon.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+# --- ringd run -----------------------------------------------------------------------------
+
+
+def _knob_value(cfg: Config, key: str) -> Any:
+    section, _, sub = key.partition(".")
+    return getattr(getattr(cfg, section), sub) if sub else getattr(cfg, key)
+
+
+def _show_default(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, tuple):
+        return "[" + ", ".join(json.dumps(v if isinstance(v, str) else "=".join(v)) for v in value) + "]"
+    return str(value)
+
+
+def config_keys_epilog() -> str:
+    """Every config key with its local-preset default, env var and help (for ``run --help``)."""
+    defaults = Config.local()
+    lines = [
+        escape("Config keys (TOML: top-level keys, and [net], [gossip], [totem] tables; flag: --set KEY=VALUE; "
+        "precedence: preset < --config file < RINGD_* env < flags). KEY = local-preset default, env var: help:"),
+        "",
+    ]
+    for key, f in knobs().items():
+        default = _show_default(_knob_value(defaults, key))
+        lines.append(escape(f"{key} = {default}, {env_var(key)}: {f.metadata.get('help', '')}"))
+    return "\n".join(lines)
+
+
+def _split_pair(flag: str, item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        fail(f"{flag} expects KEY=VALUE, got {item!r}", 2)
+    return key.strip(), value
+
+
+@app.command(epilog=config_keys_epilog())
+def run(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML config file.")] = None,
+    preset: Annotated[str | None, typer.Option("--preset", help="Timing preset: local or lan (key preset).")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Node name, unique in the cluster (key name).")] = None,
+    cluster_name: Annotated[str | None, typer.Option("--cluster-name", help="Cluster name (key cluster_name).")] = None,
+    bind: Annotated[str | None, typer.Option("--bind", help="Unicast bind address (key net.bind_host).")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Unicast UDP port, 0 = any free (key net.port).")] = None,
+    advertise: Annotated[str | None, typer.Option("--advertise", help="Address peers use to reach us (key net.advertise_host).")] = None,
+    multicast_group: Annotated[str | None, typer.Option("--multicast-group", help="Multicast group (key net.multicast_group).")] = None,
+    multicast_port: Annotated[int | None, typer.Option("--multicast-port", help="Multicast UDP port (key net.multicast_port).")] = None,
+    multicast_interface: Annotated[str | None, typer.Option("--multicast-interface", help="Address of the interface joining the group (key net.multicast_interface).")] = None,
+    multicast_ttl: Annotated[int | None, typer.Option("--multicast-ttl", help="Multicast TTL (key net.multicast_ttl).")] = None,
+    no_multicast: Annotated[bool, typer.Option("--no-multicast", help="Disable multicast; use seeds only (key net.multicast_enabled=false).")] = False,
+    seed: Annotated[list[str] | None, typer.Option("--seed", metavar="HOST:PORT", help="Peer to contact by unicast; repeatable (key net.seeds).")] = None,
+    key_file: Annotated[Path | None, typer.Option("--key-file", help="Shared cluster key file; enables datagram authentication (key key_file).")] = None,
+    socket: Annotated[Path | None, typer.Option("--socket", help="Control socket path (key socket).")] = None,
+    state_dir: Annotated[Path | None, typer.Option("--state-dir", help="Directory for persistent state (key state_dir).")] = None,
+    metrics_port: Annotated[int | None, typer.Option("--metrics-port", help="Port of the /metrics HTTP server, 0 = off (key metrics_port).")] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", metavar="KEY=VALUE", help="Member tag; repeatable (key tags).")] = None,
+    log_level: Annotated[str | None, typer.Option("--log-level", help="debug, info, warning or error (key log_level).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="Any config key (see below); repeatable. The dedicated flags above win over --set.")] = None,
+) -> None:
+    """Run a daemon in the foreground until SIGTERM/SIGINT (graceful leave) or `ringd leave`."""
+    overrides: dict[str, Any] = {}
+    for item in set_ or ():
+        key, value = _split_pair("--set", item)
+        overrides[key] = value
+    flags: dict[str, Any] = {
+        "preset": preset,
+        "name": name,
+        "cluster_name": cluster_name,
+        "net.bind_host": bind,
+        "net.port": port,
+        "net.advertise_host": advertise,
+        "net.multicast_group": multicast_group,
+        "net.multicast_port": multicast_port,
+        "net.multicast_interface": multicast_interface,
+        "net.multicast_ttl": multicast_ttl,
+        "net.multicast_enabled": False if no_multicast else None,
+        "net.seeds": tuple(seed) if seed else None,
+        "key_file": str(key_file) if key_file is not None else None,
+        "socket": str(socket) if socket is not None else None,
+        "state_dir": str(state_dir) if state_dir is not None else None,
+        "metrics_port": metrics_port,
+        "tags": tuple(_split_pair("--tag", t) for t in tag) if tag else None,
+        "log_level": log_level,
+    }
+    overrides.update({k: v for k, v in flags.items() if v is not None})
+    try:
+        cfg = load_config(config, overrides=overrides)
+    except ConfigError as exc:
+        fail(str(exc))
+
+    import trio  # imported here so `ringd members` etc. start faster
+
+    from ringd.runtime.node import run_daemon
+
+    code = trio.run(run_daemon, cfg)
+    raise typer.Exit(code)
+
+
+# --- queries -------------------------------------------------------------------------------
+
+SOCKET_HELP = "Control socket of the daemon (default: the default daemon's socket)."
+
+
+def _call(fn: Any, *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except client.ClientError as exc:
+        fail(str(exc))
+
+
+@app.command()
+def members(
+    as_json: Annotated[bool, typer.Option("--json", help='JSON list of {"name", "state", "incarnation", "address", "tags"}.')] = False,
+    socket: Annotated[Path | None, typer.Option("--socket", help=SOCKET_HELP)] = None,
+) -> None:
+    """Show the membership as this daemon sees it."""
+    rows = _call(client.members, socket)
+    if as_json:
+        print(json.dumps(rows))
+        return
+    table = Table(box=None, header_style="bold")
+    for column in ("name", "state", "incarnation", "address", "tags"):
+        table.add_column(column)
+    colours = {"alive": "green", "suspect": "yellow", "dead": "red", "left": "dim"}
+    for row in rows:
+        state = row["state"]
+        tags = ",".join(f"{k}={v}" for k, v in sorted(row.get("tags", {}).items()))
+        table.add_row(escape(row["name"]), f"[{colours.get(state, 'white')}]{state}[/]",
+                      str(row["incarnation"]), row["address"], escape(tags))
+    Console().print(table)
+
+
+@app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="The whole status object as JSON.")] = False,
+    socket: Annotated[Path | None, typer.Option("--socket", help=SOCKET_HELP)] = None,
+) -> None:
+    """Show this daemon's status: identity, membership counts, uptime, counters."""
+    info = _call(client.status, socket)
+    if as_json:
+        print(json.dumps(info))
+        return
+    for key in ("name", "cluster", "address", "incarnation", "members_alive", "members_total",
+                "health_score", "uptime_s", "pid", "version", "socket", "multicast"):
+        print(f"{key}: {info.get(key)}")
+    transport = info.get("transport") or {}
+    dropped = transport.get("dropped") or {}
+    print(f"datagrams: in {transport.get('datagrams_in')} out {transport.get('datagrams_out')}"
+          f" dropped {sum(dropped.values())} {json.dumps(dropped) if dropped else ''}".rstrip())
+
+
+@app.command()
+def leave(socket: Annotated[Path | None, typer.Option("--socket", help=SOCKET_HELP)] = None) -> None:
+    """Leave the cluster gracefully (announced, not detected); the daemon exits."""
+    name = _call(client.leave, socket)
+    print(f"{name or 'daemon'} left the cluster")
+
+
+# --- ringd cluster -------------------------------------------------------------------------
+
+
+@app.command()
+def cluster(
+    nodes: Annotated[int, typer.Option("--nodes", "-n", min=1, max=64, help="Number of daemons.")] = 3,
+    directory: Annotated[Path | None, typer.Option("--dir", help="Directory for sockets, state, logs and cluster.json (default: a new temp dir).")] = None,
+    base_port: Annotated[int, typer.Option("--base-port", min=0, max=65535, help="Node K gets unicast port BASE+K-1 (default 0: any free port).")] = 0,
+    for_s: Annotated[float | None, typer.Option("--for", min=0.0, metavar="SECONDS", help="Stop everything SECONDS after all daemons are up (default: until Ctrl-C).")] = None,
+    cluster_name: Annotated[str | None, typer.Option("--cluster-name", help="Cluster name (default: a fresh random one, so it never merges with other daemons).")] = None,
+    multicast_port: Annotated[int | None, typer.Option("--multicast-port", help="Multicast port (default: the daemons' default; other clusters' datagrams are dropped by name).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="Config key passed to every daemon; repeatable.")] = None,
+) -> None:
+    """Start N local daemons as separate processes, show the membership converge live,
+    write DIR/cluster.json, and stop them all on Ctrl-C/SIGTERM (or after --for)."""
+    import trio
+
+    from ringd.runtime.launcher import ClusterSpec, LauncherError, run_cluster
+
+    for item in set_ or ():
+        _split_pair("--set", item)
+    spec = ClusterSpec(
+        nodes=nodes,
+        directory=directory,
+        base_port=base_port,
+        run_for_s=for_s,
+        cluster_name=cluster_name,
+        multicast_port=multicast_port,
+        extra_settings=tuple(set_ or ()),
+    )
+    try:
+        code = trio.run(run_cluster, spec)
+    except LauncherError as exc:
+        fail(str(exc))
+    raise typer.Exit(code)

@@ -1,0 +1,310 @@
+"""``ringd cluster``: N local daemons as separate OS processes, for development.
+
+Starts ``python -m ringd run`` N times (own session each, so a terminal Ctrl-C reaches
+only the launcher, which then stops them in order), waits until every daemon answers
+``status``, writes ``DIR/cluster.json``, shows the membership converge (a live table on a
+terminal, a line per change otherwise), and on Ctrl-C/SIGTERM or after ``--for`` stops
+every daemon it started by PID: SIGTERM (graceful leave), then SIGKILL for leftovers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from ringd.client import ClientError, ControlClient
+
+STARTUP_TIMEOUT_S = 30.0  # every daemon must answer status within this (slow, loaded machines)
+POLL_INTERVAL_S = 0.25
+STATUS_TIMEOUT_S = 1.0
+STOP_WAIT_S = 5.0  # after SIGTERM; daemons leave within ~2 s, then SIGKILL
+
+
+class LauncherError(Exception):
+    """The cluster cannot be started; ``str()`` is one line."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterSpec:
+    nodes: int
+    directory: Path | None = None
+    base_port: int = 0
+    run_for_s: float | None = None
+    cluster_name: str | None = None
+    multicast_port: int | None = None
+    extra_settings: tuple[str, ...] = ()  # KEY=VALUE, passed as --set to every daemon
+
+
+@dataclass(slots=True)
+class NodeProcess:
+    name: str
+    socket: Path
+    state_dir: Path
+    log_path: Path
+    proc: trio.Process
+    status: dict[str, Any] | None = None
+    members: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def state(self) -> str:
+        if self.proc.returncode is not None:
+            return f"exited ({self.proc.returncode})"
+        if self.status is None:
+            return "starting"
+        return "leaving" if self.status.get("leaving") else "running"
+
+    @property
+    def alive_seen(self) -> int | None:
+        return None if self.status is None else int(self.status.get("members_alive", 0))
+
+
+def daemon_command(spec: ClusterSpec, cluster_name: str, k: int, directory: Path) -> list[str]:
+    name = f"node{k}"
+    port = spec.base_port + k - 1 if spec.base_port else 0
+    cmd = [
+        sys.executable, "-m", "ringd", "run",
+        "--name", name,
+        "--cluster-name", cluster_name,
+        "--port", str(port),
+        "--socket", str(directory / f"{name}.sock"),
+        "--state-dir", str(directory / name),
+    ]
+    if spec.multicast_port is not None:
+        cmd += ["--multicast-port", str(spec.multicast_port)]
+    for item in spec.extra_settings:
+        cmd += ["--set", item]
+    return cmd
+
+
+async def _start_node(spec: ClusterSpec, cluster_name: str, k: int, directory: Path) -> NodeProcess:
+    name = f"node{k}"
+    log_path = directory / f"{name}.log"
+    with open(log_path, "wb") as log_file:
+        proc = await trio.lowlevel.open_process(
+            daemon_command(spec, cluster_name, k, directory),
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=log_file,
+            start_new_session=True,
+        )
+    return NodeProcess(name, directory / f"{name}.sock", directory / name, log_path, proc)
+
+
+async def _poll(node: NodeProcess) -> None:
+    if node.proc.returncode is not None:
+        node.status = None
+        return
+    try:
+        with trio.move_on_after(STATUS_TIMEOUT_S):
+            async with await ControlClient.connect(node.socket) as ctl:
+                status = await ctl.request("status")
+                members = await ctl.request("members")
+            node.status, node.members = status, members.get("members", [])
+    except ClientError:
+        pass  # not up yet, or going away: keep the last known view
+
+
+def _last_log_line(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
+def _write_cluster_json(path: Path, cluster_name: str, multicast: str | None, nodes: list[NodeProcess]) -> None:
+    doc = {
+        "cluster": cluster_name,
+        "multicast": multicast,
+        "nodes": [
+            {
+                "name": n.name,
+                "pid": n.proc.pid,
+                "socket": str(n.socket),
+                "gossip": (n.status or {}).get("address"),
+                "metrics": (n.status or {}).get("metrics"),
+                "log": str(n.log_path),
+            }
+            for n in nodes
+        ],
+    }
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _converged(nodes: list[NodeProcess]) -> bool:
+    n = len(nodes)
+    return all(node.state == "running" and node.alive_seen == n for node in nodes)
+
+
+def _table(nodes: list[NodeProcess], title: str) -> Table:
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for column in ("node", "pid", "gossip", "state", "sees alive", "incarnation"):
+        table.add_column(column)
+    n = len(nodes)
+    for node in nodes:
+        st = node.status or {}
+        seen = node.alive_seen
+        colour = "green" if seen == n else "yellow"
+        table.add_row(
+            node.name, str(node.proc.pid), str(st.get("address", "")), node.state,
+            "" if seen is None else f"[{colour}]{seen}/{n}[/]", str(st.get("incarnation", "")),
+        )
+    return table
+
+
+class _View:
+    """A live table on a terminal; one printed line per change otherwise."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self._live: Live | None = None
+        self._last: dict[str, str] = {}
+        self._last_converged: bool | None = None
+
+    @contextmanager
+    def active(self) -> Iterator[_View]:
+        if self.console.is_terminal:
+            with Live(console=self.console, refresh_per_second=4, transient=False) as live:
+                self._live = live
+                yield self
+                self._live = None
+        else:
+            yield self
+
+    def note(self, text: str) -> None:
+        self.console.print(text, highlight=False, soft_wrap=True)
+
+    def update(self, nodes: list[NodeProcess], header: str) -> None:
+        converged = _converged(nodes)
+        n = len(nodes)
+        summary = f"converged: all {n} nodes see {n} alive" if converged else "converging..."
+        if self._live is not None:
+            self._live.update(_table(nodes, f"{header}\n{summary}"))
+            return
+        for node in nodes:
+            seen = node.alive_seen
+            line = f"{node.name}: {node.state}" + ("" if seen is None else f", sees {seen}/{n} alive")
+            if self._last.get(node.name) != line:
+                self._last[node.name] = line
+                self.note(line)
+        if converged != self._last_converged:
+            if converged or self._last_converged is not None:
+                self.note(summary if converged else "not converged any more")
+            self._last_converged = converged
+
+
+async def _stop_all(nodes: list[NodeProcess], console: Console) -> None:
+    """SIGTERM every daemon we started (by PID), wait, SIGKILL leftovers, reap all."""
+    running = [n for n in nodes if n.proc.returncode is None]
+    for node in running:
+        try:
+            node.proc.terminate()
+        except ProcessLookupError:
+            pass
+    with trio.move_on_after(STOP_WAIT_S):
+        for node in running:
+            await node.proc.wait()
+    for node in running:
+        if node.proc.returncode is None:
+            console.print(f"{node.name} (pid {node.proc.pid}) did not stop: killing it",
+                          highlight=False, soft_wrap=True)
+            try:
+                node.proc.kill()
+            except ProcessLookupError:
+                pass
+            await node.proc.wait()
+
+
+async def _watch_signals(scope: trio.CancelScope, console: Console,
+                         *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
+        async for signum in signals:
+            console.print(f"{signal.Signals(signum).name}: stopping the cluster", highlight=False, soft_wrap=True)
+            scope.cancel()
+            return
+
+
+async def _monitor(spec: ClusterSpec, nodes: list[NodeProcess], view: _View, header: str,
+                   cluster_json: Path, cluster_name: str) -> int:
+    started = trio.current_time()
+    up_since: float | None = None
+    while True:
+        async with trio.open_nursery() as polls:
+            for node in nodes:
+                polls.start_soon(_poll, node)
+        now = trio.current_time()
+        if up_since is None:
+            exited = [n for n in nodes if n.proc.returncode is not None]
+            if exited:
+                n = exited[0]
+                view.note(f"ringd: error: {n.name} exited with code {n.proc.returncode} during startup: "
+                          f"{_last_log_line(n.log_path)} (log: {n.log_path})")
+                return 1
+            if all(n.status is not None for n in nodes):
+                multicast = nodes[0].status.get("multicast") if nodes[0].status else None
+                _write_cluster_json(cluster_json, cluster_name, multicast, nodes)
+                view.note(f"all {len(nodes)} daemons up; wrote {cluster_json}")
+                up_since = now
+            elif now - started > STARTUP_TIMEOUT_S:
+                late = ", ".join(n.name for n in nodes if n.status is None)
+                view.note(f"ringd: error: {late} did not answer within {STARTUP_TIMEOUT_S:g} s")
+                return 1
+        view.update(nodes, header)
+        if up_since is not None and spec.run_for_s is not None and now - up_since >= spec.run_for_s:
+            view.note(f"--for {spec.run_for_s:g} s elapsed: stopping the cluster")
+            return 0
+        await trio.sleep(POLL_INTERVAL_S)
+
+
+async def run_cluster(spec: ClusterSpec) -> int:
+    """Run the cluster until a signal or ``run_for_s``; always stop every daemon started."""
+    directory = spec.directory or Path(tempfile.mkdtemp(prefix="ringd-cluster-"))
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LauncherError(f"cannot create {directory}: {exc.strerror}") from None
+    cluster_json = directory / "cluster.json"
+    if cluster_json.exists():
+        raise LauncherError(f"{cluster_json} exists: another `ringd cluster` may be using {directory}")
+    cluster_name = spec.cluster_name or f"dev-{secrets.token_hex(3)}"
+    console = Console()
+    view = _View(console)
+    header = f"cluster {cluster_name}: {spec.nodes} daemons in {directory}"
+    nodes: list[NodeProcess] = []
+    exit_code = 0
+    console.print(f"{header} (logs: {directory}/nodeK.log)", highlight=False, soft_wrap=True)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(_watch_signals, nursery.cancel_scope, console)
+            for k in range(1, spec.nodes + 1):
+                nodes.append(await _start_node(spec, cluster_name, k, directory))
+            with view.active():
+                exit_code = await _monitor(spec, nodes, view, header, cluster_json, cluster_name)
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await _stop_all(nodes, console)
+        cluster_json.unlink(missing_ok=True)
+        if nodes:
+            codes = ", ".join(f"{n.name} {n.proc.returncode}" for n in nodes)
+            console.print(f"stopped all daemons (exit codes: {codes}); logs in {directory}",
+                          highlight=False, soft_wrap=True)
+    return exit_code

@@ -1,0 +1,318 @@
+"""Run one ringd daemon: sockets, the driver loop, the control socket, signals.
+
+One nursery per daemon. The UDP receive loops and the control server feed a bounded
+inbox channel; the driver loop is the only task that calls ``core.handle``. Its only
+timer is ``trio.move_on_at(core.next_deadline())``: when it fires the core gets a
+:class:`Tick`. Effects are executed in order right after each ``handle`` call.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import trio
+
+from ringd.config import Config
+from ringd.core.events import (
+    Effect,
+    Fatal,
+    Input,
+    LeaveCluster,
+    LeaveDone,
+    Log,
+    MemberChanged,
+    Multicast,
+    Received,
+    Send,
+    Start,
+    Tick,
+    UserEventDelivered,
+)
+from ringd.core.gossip import GossipCore
+from ringd.messages import Address
+from ringd.runtime.control import ControlServer, ControlSocketError, ControlStats
+from ringd.runtime.logs import level_number, setup_logging
+from ringd.runtime.udp import UdpTransport, open_udp_transport
+from ringd.wire import Codec, KeyFileError, load_key
+
+# After a leave request (signal or control op) the daemon exits at the latest this long
+# later, even if the core never reports LeaveDone (e.g. alone, or the network is gone).
+LEAVE_WAIT_S = 2.0
+INCARNATION_FILE = "incarnation"
+
+
+class StartupError(Exception):
+    """The daemon cannot start; ``str()`` is one line for the operator."""
+
+
+def parse_hostport(text: str) -> Address:
+    """``"host:port"`` or ``"[v6]:port"`` → :class:`Address` (validated by config already)."""
+    host, _, port = text.rpartition(":")
+    return Address(host=host.strip("[]"), port=int(port))
+
+
+def read_incarnation(state_dir: Path, log: logging.Logger) -> int | None:
+    """The incarnation persisted by the previous run, or None on a first start."""
+    path = state_dir / INCARNATION_FILE
+    try:
+        return int(path.read_text().strip())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        # Written atomically, so this is operator damage; the core refutes stale views anyway.
+        log.warning("ignoring unreadable %s: %s", path, exc)
+        return None
+
+
+def write_incarnation(state_dir: Path, incarnation: int) -> None:
+    """Persist atomically: write a temporary file, then rename over the old one."""
+    tmp = state_dir / (INCARNATION_FILE + ".tmp")
+    tmp.write_text(f"{incarnation}\n")
+    os.replace(tmp, state_dir / INCARNATION_FILE)
+
+
+def prepare_state_dir(path: Path) -> None:
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StartupError(f"cannot create state directory {path}: {exc.strerror}") from None
+    if not os.access(path, os.W_OK):
+        raise StartupError(f"state directory {path} is not writable")
+
+
+class Daemon:
+    """Everything one running daemon owns. The control server reads it; only the
+    driver loop mutates the core."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        core: GossipCore,
+        transport: UdpTransport,
+        codec: Codec,
+        inbox_send: trio.MemorySendChannel[Input],
+        inbox_recv: trio.MemoryReceiveChannel[Input],
+        log: logging.Logger,
+        control_stats: ControlStats,
+        own_address: Address,
+    ) -> None:
+        self.cfg = cfg
+        self.core = core
+        self.transport = transport
+        self.codec = codec
+        self.inbox_send = inbox_send
+        self.inbox_recv = inbox_recv
+        self.log = log
+        self.control_stats = control_stats
+        self.own_address = own_address
+        self.started_at = trio.current_time()
+        self.started_wall = time.time()
+        self.leaving = False
+        self.exit_code = 0
+        self.persisted_incarnation = core.incarnation
+        self._nursery: trio.Nursery | None = None
+
+    @property
+    def uptime_s(self) -> float:
+        return trio.current_time() - self.started_at
+
+    def stop(self, exit_code: int) -> None:
+        """Cancel every task of the daemon; ``run_daemon`` then returns ``exit_code``."""
+        self.exit_code = exit_code
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    async def request_leave(self, why: str) -> None:
+        """Start a graceful leave (idempotent): the core disseminates Left, then LeaveDone."""
+        if self.leaving:
+            return
+        self.leaving = True
+        self.log.info("leaving the cluster (%s)", why)
+        await self.inbox_send.send(LeaveCluster())
+        assert self._nursery is not None
+        self._nursery.start_soon(self._leave_deadline)
+
+    async def _leave_deadline(self) -> None:
+        await trio.sleep(LEAVE_WAIT_S)
+        self.log.info("leave not confirmed within %.1f s, exiting anyway", LEAVE_WAIT_S)
+        self.stop(0)
+
+    # --- the driver loop ----------------------------------------------------------------
+
+    async def drive(self) -> int:
+        """Feed inbox events and timer ticks to the core; execute its effects. Returns the
+        exit code when the core says we are done (LeaveDone) or cannot go on (Fatal)."""
+        core = self.core
+        # Our own multicast comes back from the kernel with our bound address as source
+        # (or the advertised one when bound to a wildcard address).
+        own = {self.transport.local_address, self.own_address}
+        done = await self.execute(core.handle(Start(), trio.current_time()))
+        while done is None:
+            event: Input = Tick()
+            with trio.move_on_at(core.next_deadline()):
+                event = await self.inbox_recv.receive()
+            if isinstance(event, Received) and event.source in own:
+                continue  # our own multicast, looped back by the kernel
+            done = await self.execute(core.handle(event, trio.current_time()))
+            if core.incarnation != self.persisted_incarnation:
+                self.persist_incarnation()
+        return done
+
+    def persist_incarnation(self) -> None:
+        try:
+            write_incarnation(self.cfg.state_path, self.core.incarnation)
+        except OSError as exc:
+            self.log.error("cannot persist incarnation in %s: %s", self.cfg.state_path, exc)
+        self.persisted_incarnation = self.core.incarnation
+
+    async def execute(self, effects: list[Effect]) -> int | None:
+        """Run effects in order; an exit code means the daemon must stop."""
+        name = self.core.name
+        for effect in effects:
+            match effect:
+                case Send(dest=dest, msg=msg):
+                    data = self._encode(name, msg)
+                    if data is not None:
+                        await self.transport.send(dest, data)
+                case Multicast(msg=msg):
+                    data = self._encode(name, msg)
+                    if data is not None:
+                        await self.transport.multicast(data)
+                case MemberChanged():
+                    self.log.info("%s", describe_member_change(effect))
+                case Log(level=level, text=text, fields=fields):
+                    extra = "".join(f" {k}={v}" for k, v in fields.items())
+                    self.log.log(level_number(level), "%s%s", text, extra)
+                case UserEventDelivered(origin=origin, ltime=ltime, name=ev_name):
+                    self.log.debug("user event %s from %s (ltime %d)", ev_name, origin, ltime)
+                case Fatal(reason=reason):
+                    self.log.error("fatal: %s", reason)
+                    return 1
+                case LeaveDone():
+                    self.log.info("left the cluster")
+                    return 0
+        return None
+
+    def _encode(self, sender: str, msg: object) -> bytes | None:
+        try:
+            return self.codec.encode(sender, msg)  # type: ignore[arg-type]
+        except ValueError as exc:
+            # Our own bug (the core built an oversized message): say so, keep running.
+            self.log.error("cannot encode %s: %s", type(msg).__name__, exc)
+            return None
+
+
+def describe_member_change(change: MemberChanged) -> str:
+    old = change.old_state.lower() if change.old_state else "new"
+    return (
+        f"member {change.node} {old} -> {change.new_state.lower()} "
+        f"(inc {change.incarnation}, {change.address})"
+    )
+
+
+def startup_line(cfg: Config, address: Address) -> str:
+    net = cfg.net
+    if net.multicast_enabled:
+        disc = f"multicast {net.multicast_group}:{net.multicast_port} on {net.multicast_interface}"
+    else:
+        disc = "multicast off"
+    if net.seeds:
+        disc += f", seeds {' '.join(net.seeds)}"
+    return (
+        f"ringd {cfg.node_name} listening on {address} (cluster {cfg.cluster_name}, {disc}), "
+        f"control socket {cfg.socket_path}"
+    )
+
+
+async def _signal_watcher(daemon: Daemon, *, task_status: trio.TaskStatus[None]) -> None:
+    """First SIGTERM/SIGINT: graceful leave. A second one: exit now."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        task_status.started()
+        async for signum in signals:
+            sig_name = signal.Signals(signum).name
+            if daemon.leaving:
+                daemon.log.info("%s again: exiting now", sig_name)
+                daemon.stop(0)
+                return
+            await daemon.request_leave(sig_name)
+
+
+async def run_daemon(cfg: Config, *, task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED) -> int:
+    """Run a daemon until it leaves, is signalled, or fails. Returns the process exit code.
+
+    Startup errors are logged as one line and give exit code 1. ``task_status.started``
+    receives the :class:`Daemon` once the UDP and control sockets are serving.
+    """
+    log = setup_logging(cfg.node_name, cfg.log_level)
+    control = ControlServer(cfg.socket_path, log)
+    transport: UdpTransport | None = None
+    try:
+        try:
+            key = load_key(cfg.key_file) if cfg.key_file else None
+        except KeyFileError as exc:
+            raise StartupError(str(exc)) from None
+        state_dir = cfg.state_path
+        prepare_state_dir(state_dir)
+        try:
+            await control.bind()
+        except ControlSocketError as exc:
+            raise StartupError(str(exc)) from None
+        try:
+            transport = await open_udp_transport(cfg.net)
+        except OSError as exc:
+            net = cfg.net
+            where = f"{net.bind_host}:{net.port}"
+            if net.multicast_enabled:
+                where += f" / multicast port {net.multicast_port}"
+            raise StartupError(f"cannot open UDP sockets ({where}): {exc.strerror or exc}") from None
+
+        previous = read_incarnation(state_dir, log)
+        incarnation = 0 if previous is None else previous + 1
+        try:
+            write_incarnation(state_dir, incarnation)
+        except OSError as exc:
+            raise StartupError(f"cannot write {state_dir / INCARNATION_FILE}: {exc.strerror}") from None
+        codec = Codec(cfg.cluster_name, key=key, datagram_bytes_max=cfg.net.datagram_bytes_max)
+        bound = transport.local_address
+        address = Address(host=cfg.advertise_host, port=bound.port)
+        core = GossipCore(
+            name=cfg.node_name,
+            address=address,
+            config=cfg.gossip,
+            rng=random.Random(),
+            tags=cfg.tags_dict,
+            seeds=[parse_hostport(s) for s in cfg.net.seeds],
+            incarnation=incarnation,
+            multicast=cfg.net.multicast_enabled,
+            size_of=codec.size_of,
+            datagram_bytes_max=cfg.net.datagram_bytes_max,
+        )
+        inbox_send, inbox_recv = trio.open_memory_channel[Input](cfg.net.inbox_len_max)
+        daemon = Daemon(cfg, core, transport, codec, inbox_send, inbox_recv, log, control.stats, address)
+        async with trio.open_nursery() as nursery:
+            daemon._nursery = nursery
+            await nursery.start(_signal_watcher, daemon)
+            await nursery.start(transport.serve, codec, inbox_send.clone())
+            await nursery.start(control.serve, daemon)
+            print(startup_line(cfg, address), flush=True)
+            if previous is not None:
+                log.info("restarted with incarnation %d", incarnation)
+            if cfg.metrics_port:
+                log.warning("metrics_port %d ignored: this build has no /metrics server yet",
+                            cfg.metrics_port)
+            task_status.started(daemon)
+            code = await daemon.drive()
+            daemon.stop(code)
+        return daemon.exit_code
+    except StartupError as exc:
+        log.error("%s", exc)
+        return 1
+    finally:
+        control.close()
+        if transport is not None:
+            transport.close()
