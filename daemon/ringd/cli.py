@@ -116,7 +116,6 @@ def run(
     key_file: Annotated[Path | None, typer.Option("--key-file", help="Shared cluster key file; enables datagram authentication (key key_file).")] = None,
     socket: Annotated[Path | None, typer.Option("--socket", help="Control socket path (key socket).")] = None,
     state_dir: Annotated[Path | None, typer.Option("--state-dir", help="Directory for persistent state (key state_dir).")] = None,
-    metrics_port: Annotated[int | None, typer.Option("--metrics-port", help="Port of the /metrics HTTP server, 0 = off (key metrics_port).")] = None,
     tag: Annotated[list[str] | None, typer.Option("--tag", metavar="KEY=VALUE", help="Member tag; repeatable (key tags).")] = None,
     log_level: Annotated[str | None, typer.Option("--log-level", help="debug, info, warning or error (key log_level).")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="Any config key (see below); repeatable. The dedicated flags above win over --set.")] = None,
@@ -142,7 +141,6 @@ def run(
         "key_file": str(key_file) if key_file is not None else None,
         "socket": str(socket) if socket is not None else None,
         "state_dir": str(state_dir) if state_dir is not None else None,
-        "metrics_port": metrics_port,
         "tags": tuple(_split_pair("--tag", t) for t in tag) if tag else None,
         "log_level": log_level,
     }
@@ -255,3 +253,12 @@ def cluster(
     except LauncherError as exc:
         fail(str(exc))
     raise typer.Exit(code)
+
+
+# --- ringd simulate ------------------------------------------------------------------------
+# The simulator is pure Python with no trio; its options live beside it in ringd.sim.command.
+from ringd.sim.command import simulate  # noqa: E402
+
+app.command("simulate", help="Run the Totem core in the seeded deterministic simulator and check EVS.")(
+    simulate
+)

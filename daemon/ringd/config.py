@@ -185,8 +185,6 @@ class Config:
     state_dir: str = knob("", "directory for persistent state (empty = runtime dir / name)")
     socket: str = knob("", "control socket path (empty = default socket)")
     key_file: str = knob("", "file with the shared cluster key; enables datagram authentication")
-    metrics_host: str = knob("127.0.0.1", "address of the /metrics HTTP server", _ip)
-    metrics_port: int = knob(0, "port of the /metrics HTTP server (0 = disabled)", _port)
     log_level: str = knob("info", "debug, info, warning or error", _log_level)
     tags: tuple[tuple[str, str], ...] = knob((), "member tags (key=value), disseminated by gossip")
     net: NetConfig = field(default_factory=NetConfig)
@@ -417,9 +415,8 @@ def validate(cfg: Config) -> None:
             f"config error: totem.max_messages: must be <= totem.window_size "
             f"({t.max_messages} > {t.window_size})"
         )
-    for k, v in cfg.tags:
-        if not k:
-            raise ConfigError("config error: tags: empty tag name")
+    if any(not k for k, _ in cfg.tags):
+        raise ConfigError("config error: tags: empty tag name")
     tag_bytes = sum(len(k.encode()) + len(v.encode()) + 2 for k, v in cfg.tags)
     if tag_bytes > g.tags_bytes_max:
         raise ConfigError(

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 import ringd
+from ringd.core.events import Input, SendUserEvent, SetTags
 from ringd.wire import FrameReader, WireError, pack_frame
 
 if TYPE_CHECKING:
@@ -35,6 +36,9 @@ CONTROL_CONNECTIONS_MAX = 64
 CONTROL_FRAME_BYTES_MAX = 1 << 20
 # Bytes read from a control connection at a time.
 CONTROL_READ_BYTES_MAX = 65536
+# A user event rides in gossip piggyback space, so it must stay small (Serf: 512 B).
+USER_EVENT_BYTES_MAX = 512
+KNOWN_OPS = ("status", "members", "leave", "tags", "event", "events")
 # How long we wait for an existing socket to answer before calling it stale.
 PROBE_TIMEOUT_S = 1.0
 
@@ -254,8 +258,51 @@ class ControlServer:
                 await daemon.request_leave("control socket request")
 
             return {"ok": True, "name": daemon.core.name}, leave
+        if op == "tags":
+            return self._tags(daemon, request)
+        if op == "event":
+            return self._event(daemon, request)
+        if op == "events":
+            self.stats.requests[op] += 1
+            return {"ok": True, "events": list(daemon.recent_events)}, None
         self.stats.errors["unknown_op"] += 1
-        return {"ok": False, "error": f"unknown op {op!r} (known: status, members, leave)"}, None
+        return {"ok": False, "error": f"unknown op {op!r} (known: {', '.join(KNOWN_OPS)})"}, None
+
+    def _tags(self, daemon: Daemon, request: dict[str, Any]) -> tuple[dict[str, Any], None]:
+        """Replace our tags; disseminated by gossip with a higher incarnation."""
+        tags = request.get("tags")
+        if not isinstance(tags, dict) or not all(
+            isinstance(k, str) and k and isinstance(v, str) for k, v in tags.items()
+        ):
+            self.stats.errors["bad_request"] += 1
+            return {"ok": False, "error": "tags: expected a map of non-empty string keys to strings"}, None
+        size = sum(len(k.encode()) + len(v.encode()) + 2 for k, v in tags.items())
+        if size > daemon.cfg.gossip.tags_bytes_max:
+            self.stats.errors["bad_request"] += 1
+            return {"ok": False, "error": f"tags: {size} bytes exceeds gossip.tags_bytes_max "
+                    f"({daemon.cfg.gossip.tags_bytes_max})"}, None
+        return self._enqueue(daemon, "tags", SetTags(tags=dict(tags)))
+
+    def _event(self, daemon: Daemon, request: dict[str, Any]) -> tuple[dict[str, Any], None]:
+        """Disseminate a small user event by gossip (best effort, unordered)."""
+        name, payload = request.get("name"), request.get("payload", b"")
+        if not isinstance(name, str) or not name or not isinstance(payload, bytes):
+            self.stats.errors["bad_request"] += 1
+            return {"ok": False, "error": "event: expected a non-empty string 'name' and bytes 'payload'"}, None
+        if len(name.encode()) + len(payload) > USER_EVENT_BYTES_MAX:
+            self.stats.errors["bad_request"] += 1
+            return {"ok": False, "error": f"event: name + payload exceed {USER_EVENT_BYTES_MAX} bytes"}, None
+        return self._enqueue(daemon, "event", SendUserEvent(name=name, payload=payload))
+
+    def _enqueue(self, daemon: Daemon, op: str, event: Input) -> tuple[dict[str, Any], None]:
+        # Mutations go through the inbox so the driver stays the only caller of core.handle.
+        try:
+            daemon.inbox_send.send_nowait(event)
+        except trio.WouldBlock:
+            self.stats.errors["busy"] += 1
+            return {"ok": False, "error": f"{op}: daemon busy (inbox full), try again"}, None
+        self.stats.requests[op] += 1
+        return {"ok": True}, None
 
 
 async def _send(stream: trio.SocketStream, obj: Any) -> None:

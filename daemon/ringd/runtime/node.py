@@ -8,6 +8,7 @@ timer is ``trio.move_on_at(core.next_deadline())``: when it fires the core gets 
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import random
@@ -85,6 +86,9 @@ def prepare_state_dir(path: Path) -> None:
         raise StartupError(f"state directory {path} is not writable")
 
 
+RECENT_EVENTS_MAX = 256
+
+
 class Daemon:
     """Everything one running daemon owns. The control server reads it; only the
     driver loop mutates the core."""
@@ -115,6 +119,8 @@ class Daemon:
         self.leaving = False
         self.exit_code = 0
         self.persisted_incarnation = core.incarnation
+        # Recent gossip user events, for `ringd events` style queries; bounded on purpose.
+        self.recent_events: collections.deque[dict[str, object]] = collections.deque(maxlen=RECENT_EVENTS_MAX)
         self._nursery: trio.Nursery | None = None
 
     @property
@@ -190,6 +196,9 @@ class Daemon:
                     self.log.log(level_number(level), "%s%s", text, extra)
                 case UserEventDelivered(origin=origin, ltime=ltime, name=ev_name):
                     self.log.debug("user event %s from %s (ltime %d)", ev_name, origin, ltime)
+                    self.recent_events.append(
+                        {"origin": origin, "ltime": ltime, "name": ev_name, "payload": effect.payload}
+                    )
                 case Fatal(reason=reason):
                     self.log.error("fatal: %s", reason)
                     return 1
@@ -302,9 +311,6 @@ async def run_daemon(cfg: Config, *, task_status: trio.TaskStatus[Daemon] = trio
             print(startup_line(cfg, address), flush=True)
             if previous is not None:
                 log.info("restarted with incarnation %d", incarnation)
-            if cfg.metrics_port:
-                log.warning("metrics_port %d ignored: this build has no /metrics server yet",
-                            cfg.metrics_port)
             task_status.started(daemon)
             code = await daemon.drive()
             daemon.stop(code)

@@ -1,0 +1,528 @@
+"""TotemCore: the Totem single-ring protocol (Amir et al., TOCS 1995) as a sans-IO core.
+
+States as in the paper and corosync: OPERATIONAL (the token circulates, messages are
+ordered and delivered), GATHER (joins until consensus on a membership), COMMIT (the commit
+token goes round twice), RECOVERY (old-ring messages are exchanged, then the transitional
+and regular configurations are delivered). Every state change goes through
+``_enter_<state>(reason)`` and is counted in :class:`TotemStats`.
+
+The phases live in their own modules: ordering, flow control and delivery in
+``totem_ring``; gather and commit rules in ``totem_membership`` and their handlers in
+``totem_gather``; recovery in ``totem_recovery``; packing and fragmentation in
+``totem_packing``; flap damping of gossip hints in ``totem_flap``. This module routes
+inputs, runs the token in Operational and Recovery, and owns the timers (deadlines as
+data; the driver passes :class:`Tick`).
+
+Deviations from corosync, each for a reason given where it is done: Joins are ignored in
+Recovery; a duplicate token is answered with :class:`TokenAck` so that a member whose
+successor died fails it at once; the idle token is held for a bounded time only.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from typing import Any
+
+from ringd.config import TotemConfig
+from ringd.core.events import Received, Tick
+from ringd.core.totem_events import (
+    Broadcast,
+    ConfigChange,
+    ConfigKind,
+    PeerAlive,
+    PeerDead,
+    PersistRingSeq,
+    Publish,
+    SendRefused,
+    SendTo,
+    TotemEffect,
+)
+from ringd.core.totem_flap import FlapDamper
+from ringd.core.totem_gather import GatherCommitMixin
+from ringd.core.totem_membership import Membership
+from ringd.core.totem_packing import Reassembler, SendQueue
+from ringd.core.totem_recovery import (
+    RecoverySource,
+    deliver_old_ring,
+    plan_recovery,
+    transitional_group,
+)
+from ringd.core.totem_ring import Entry, Ring, SendSource, emit_chunks
+from ringd.core.totem_state import Reason, State
+from ringd.core.totem_stats import TotemStats
+from ringd.messages import Message
+from ringd.totem_messages import (
+    CommitEntry,
+    CommitToken,
+    Join,
+    Mcast,
+    MergeDetect,
+    Recovered,
+    RingId,
+    Token,
+    TokenAck,
+    TokenHoldCancel,
+)
+
+HOLD_TOKEN_TIMEOUT_FRACTION = 0.4  # a held token is released well before others time out
+
+__all__ = ["Reason", "State", "TotemCore"]
+
+
+class _AppSource(SendSource):
+    """Operational send source: packs the application send queue into datagrams."""
+
+    def __init__(self, queue: SendQueue, stats: TotemStats) -> None:
+        self.queue = queue
+        self.stats = stats
+
+    def backlog(self) -> int:
+        return self.queue.backlog()
+
+    def make(self, ring_id: RingId, seq: int, me: str) -> Entry | None:
+        if not len(self.queue):
+            return None
+        chunks, safe, fragments = self.queue.next_packet()
+        self.stats.fragments_tx += fragments
+        return Mcast(ring_id=ring_id, seq=seq, origin=me, safe=safe, chunks=chunks)
+
+
+class TotemCore(GatherCommitMixin):
+    """One processor's Totem state machine. Drive it with :meth:`handle` and :meth:`next_deadline`.
+
+    ``ring_seq`` is the highest ring seq persisted by an earlier run (see
+    :class:`PersistRingSeq`); every ring this core forms or joins has a higher seq.
+    """
+
+    def __init__(self, *, name: str, config: TotemConfig, rng: random.Random, ring_seq: int = 0,
+                 now: float = 0.0) -> None:
+        self.name = name
+        self.config = config
+        self.rng = rng
+        self.stats = TotemStats()
+        self.state = State.GATHER
+        self.last_reason = Reason.START
+        self.queue = SendQueue(mtu_bytes=config.mtu_bytes, message_bytes_max=config.message_bytes_max,
+                               len_max=config.send_queue_len_max)
+        self._app = _AppSource(self.queue, self.stats)
+        self.reassembler = Reassembler()
+        self.ring: Ring | None = None  # the installed (regular) configuration
+        self.persisted_ring_seq = ring_seq
+        self.highest_ring_seq = ring_seq
+        self.membership = Membership(name)
+        self.flaps = FlapDamper(config)
+        # Commit / Recovery
+        self.commit: CommitToken | None = None  # the commit token we last forwarded
+        self.new_ring: Ring | None = None
+        self.entries: dict[str, CommitEntry] = {}
+        self.recovery: RecoverySource | None = None
+        # Timers (absolute times; math.inf when off)
+        self._now = now
+        self._token_loss_at = math.inf
+        self._retransmit_at = math.inf
+        self._join_at = math.inf
+        self._consensus_at = math.inf
+        self._hold_until = math.inf
+        self._held: Token | None = None
+        self._releasing = False
+        self._rep_holding = False  # a member saw our rep start holding the token
+        self._self_msg: Message | None = None  # token to ourselves (a ring of one)
+        self._last_sent: tuple[str, Message] | None = None
+        self._unanswered = 0  # retransmissions of _last_sent with no sign of progress
+        self._hold_s = min(config.merge_s, HOLD_TOKEN_TIMEOUT_FRACTION * config.token_timeout_s)
+        self._dispatch: dict[type, Callable[[Any, str, list], None]] = {
+            Token: self._on_token,
+            Mcast: self._on_mcast,
+            Recovered: self._on_recovered,
+            Join: self._on_join,
+            CommitToken: self._on_commit_token,
+            MergeDetect: self._on_merge_detect,
+            TokenHoldCancel: self._on_hold_cancel,
+            TokenAck: self._on_token_ack,
+        }
+        self._emit = self._make_emit()
+        out: list = []
+        self._enter_gather(Reason.START, out, proc={name}, fail=set())
+        self._startup_effects = out
+
+    # --- Public API ---------------------------------------------------------------------
+
+    @property
+    def ring_id(self) -> RingId:
+        """The installed ring (before the first one: a placeholder with seq -1)."""
+        return self.ring.ring_id if self.ring is not None else RingId(seq=-1, rep=self.name)
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        """Members of the installed regular configuration (empty before the first)."""
+        return self.ring.members if self.ring is not None else ()
+
+    def handle(self, event: Any, now: float) -> list[TotemEffect]:
+        """Process one input; returns the effects to execute, in order."""
+        self._now = now
+        out: list = []
+        if self._startup_effects:
+            out, self._startup_effects = self._startup_effects, []
+        tp = type(event)
+        if tp is Received:
+            handler = self._dispatch.get(type(event.msg))
+            if handler is not None:
+                handler(event.msg, event.sender, out)
+        elif tp is Tick:
+            self._on_tick(out)
+        elif tp is Publish:
+            self._on_publish(event, out)
+        elif tp is PeerDead:
+            self._on_peer_dead(event.node, out)
+        elif tp is PeerAlive:
+            self._on_peer_alive(event.node, out)
+        self.stats.send_queue_len = len(self.queue)
+        return out
+
+    def next_deadline(self) -> float:
+        """When the core next needs a :class:`Tick` (absolute; ``math.inf`` if never)."""
+        if self._self_msg is not None or self._startup_effects:
+            return self._now
+        return min(self._token_loss_at, self._retransmit_at, self._join_at, self._consensus_at,
+                   self._hold_until, self.flaps.next_release())
+
+    # --- State entries ------------------------------------------------------------------
+
+    def _count_entry(self, state: State, reason: Reason) -> None:
+        self.state = state
+        self.last_reason = reason
+        self.stats.bump(self.stats.state_entered, state.name)
+
+    def _stop_token_timers(self) -> None:
+        self._token_loss_at = math.inf
+        self._retransmit_at = math.inf
+        self._hold_until = math.inf
+        self._held = None
+        self._self_msg = None
+        self._last_sent = None
+        self._rep_holding = False
+
+    def _enter_gather(self, reason: Reason, out: list, *, proc: set[str] | None = None,
+                      fail: set[str] | None = None) -> None:
+        """Start (or restart) a gather round; ``proc``/``fail`` replace or extend the sets."""
+        prev = self.state
+        ms = self.membership
+        if prev is not State.GATHER:
+            silent = self._silent_successor()
+            if silent:
+                fail = (fail or set()) | silent
+        if prev is State.OPERATIONAL and self.ring is not None:
+            self.queue.restart_partial()
+            ms.start(set(self.ring.members) | (proc or set()), fail or set())
+        elif prev in (State.COMMIT, State.RECOVERY):
+            new_members = set(self.commit.members) if self.commit is not None else set()
+            ms.start(ms.proc | new_members | (proc or set()), ms.fail | (fail or set()))
+        elif reason is Reason.START:
+            ms.start(proc or {self.name}, fail or set())
+        elif proc or fail:
+            ms.start(ms.proc | (proc or set()), ms.fail | (fail or set()))
+        # else: still gathering; the caller already changed the sets (consensus restarted)
+        held = self.flaps.held(self._now) & ms.proc
+        if held:
+            ms.add_fail(held)
+        self.commit = None
+        self.new_ring = None
+        self.entries = {}
+        self.recovery = None
+        self._stop_token_timers()
+        self._count_entry(State.GATHER, reason)
+        self.stats.bump(self.stats.gather_entered, reason.value)
+        self._consensus_at = self._now + self.config.consensus_s
+        self._send_join(out)
+        self._check_consensus(out)
+
+    def _enter_commit(self, reason: Reason) -> None:
+        self._join_at = math.inf
+        self._consensus_at = math.inf
+        self._token_loss_at = self._now + self.config.token_timeout_s
+        self._count_entry(State.COMMIT, reason)
+
+    def _enter_recovery(self, reason: Reason, token: CommitToken) -> None:
+        self.entries = {e.node: e for e in token.entries}
+        self.new_ring = Ring(ring_id=token.ring_id, members=token.members, me=self.name,
+                             config=self.config, stats=self.stats)
+        self.recovery = plan_recovery(self.entries, self.name, self.ring)
+        self._token_loss_at = self._now + self.config.token_timeout_s
+        self._count_entry(State.RECOVERY, reason)
+
+    def _enter_operational(self, reason: Reason, out: list) -> None:
+        """Recovery is complete: deliver the old ring's rest and both configurations."""
+        new = self.new_ring
+        assert new is not None
+        old = self.ring
+        group = transitional_group(self.entries, self.name)
+        if old is not None and group:
+            deliver_old_ring(old=old, group=group, new_ring_id=new.ring_id, out=out, emit=self._emit)
+            self.stats.bump(self.stats.configurations, ConfigKind.TRANSITIONAL.value)
+        self.reassembler.reset()
+        out.append(ConfigChange(kind=ConfigKind.REGULAR, ring_id=new.ring_id, members=new.members))
+        self.stats.bump(self.stats.configurations, ConfigKind.REGULAR.value)
+        self.ring = new
+        self.new_ring = None
+        self.recovery = None
+        self.stats.ring_seq = new.ring_id.seq
+        self._count_entry(State.OPERATIONAL, reason)
+
+    # --- Sending tokens -------------------------------------------------------------------
+
+    def _forward(self, dest: str, msg: Message, out: list) -> None:
+        if dest == self.name:
+            self._self_msg = msg  # a ring of one: handled at the next Tick (now)
+            self._last_sent = None
+            self._retransmit_at = math.inf
+            return
+        out.append(SendTo(dest=dest, msg=msg))
+        self._last_sent = (dest, msg)
+        self._unanswered = 0
+        self._retransmit_at = self._now + self.config.token_retransmit_s
+
+    def _send_join(self, out: list) -> None:
+        out.append(Broadcast(msg=self.membership.join(self.highest_ring_seq)))
+        self.stats.join_tx += 1
+        self._join_at = self._now + self.config.join_s
+
+    def _persist(self, seq: int, out: list) -> None:
+        if seq > self.highest_ring_seq:
+            self.highest_ring_seq = seq
+        if seq > self.persisted_ring_seq:
+            self.persisted_ring_seq = seq
+            out.append(PersistRingSeq(seq=seq))
+
+    # --- Timers ---------------------------------------------------------------------------
+
+    def _on_tick(self, out: list) -> None:
+        now = self._now
+        for node in self.flaps.released(now):
+            self._on_peer_alive(node, out)  # stable again: welcome it back
+        msg = self._self_msg
+        if msg is not None:
+            self._self_msg = None
+            self._dispatch[type(msg)](msg, self.name, out)
+        if self._held is None:
+            self._hold_until = math.inf
+        elif now >= self._hold_until:
+            self._release_hold(out)
+        if now >= self._retransmit_at and self._last_sent is None:
+            self._retransmit_at = math.inf  # nothing to resend: never spin on a stale deadline
+        if now >= self._retransmit_at and self._last_sent is not None:
+            dest, last = self._last_sent
+            out.append(SendTo(dest=dest, msg=last))
+            self.stats.token_retx += 1
+            self._unanswered += 1
+            self._retransmit_at = now + self.config.token_retransmit_s
+        if now >= self._token_loss_at:
+            self.stats.bump(self.stats.token_lost, self.state.name)
+            self._enter_gather(Reason.TOKEN_LOSS, out)
+            return
+        if self.state is not State.GATHER:
+            self._join_at = self._consensus_at = math.inf
+        else:
+            if now >= self._consensus_at:
+                self._consensus_timeout(out)
+            elif now >= self._join_at:
+                self._send_join(out)
+
+    # --- Tokens ---------------------------------------------------------------------------
+
+    def _on_token(self, token: Token, sender: str, out: list) -> None:
+        state = self.state
+        if state is State.OPERATIONAL:
+            ring = self.ring
+        elif state is State.RECOVERY:
+            ring = self.new_ring
+        else:
+            return
+        assert ring is not None
+        if token.ring_id != ring.ring_id:
+            self.stats.foreign_rx += 1
+            return
+        if token.token_seq <= ring.last_token_seq or self._held is not None:
+            self.stats.token_dup_rx += 1
+            if sender != self.name:
+                out.append(SendTo(dest=sender, msg=TokenAck(ring_id=token.ring_id,
+                                                            token_seq=token.token_seq)))
+            return
+        self._rep_holding = False
+        self._token_loss_at = self._now + self.config.token_timeout_s
+        self._retransmit_at = math.inf
+        self._last_sent = None
+        if state is State.RECOVERY:
+            install = token.install
+            if ring.is_rep and not token.retrans_flg and token.aru == token.seq:
+                install += 1
+            if install < 1:
+                self.stats.token_rx += 1
+                assert self.recovery is not None
+                result = ring.visit(token, self.recovery, out, recovery=True, install=install)
+                self.stats.recovery_tx += result.sent
+                self._forward(ring.next_member, result.token, out)
+                return
+            self._enter_operational(Reason.RECOVERY_DONE, out)
+            ring = self.ring
+            assert ring is not None
+            token = Token(ring_id=token.ring_id, token_seq=token.token_seq, seq=token.seq,
+                          aru=token.aru, aru_id=token.aru_id, rtr=token.rtr, fcc=token.fcc,
+                          backlog=token.backlog, retrans_flg=False, install=install)
+        if ring.is_rep and not self._releasing and ring.idle(token, len(self.queue)):
+            self._hold(token, out)
+            return
+        self._operational_visit(token, out)
+
+    def _operational_visit(self, token: Token, out: list) -> None:
+        ring = self.ring
+        assert ring is not None
+        self.stats.token_rx += 1
+        result = ring.visit(token, self._app, out, recovery=False, install=token.install)
+        self.stats.token_tx += 1
+        self._forward(ring.next_member, result.token, out)
+        ring.deliver(out, self._emit)
+        ring.collect()
+        if result.failed_to_receive:
+            self.stats.fail_to_recv += 1
+            self._enter_gather(Reason.FAILED_TO_RECEIVE, out)
+
+    def _hold(self, token: Token, out: list) -> None:
+        """Idle ring: keep the token a while instead of spinning it; tell others we live."""
+        ring = self.ring
+        assert ring is not None
+        self._held = token
+        self._hold_until = self._now + self._hold_s
+        self.stats.token_held += 1
+        self.stats.merge_detect_tx += 1
+        out.append(Broadcast(msg=MergeDetect(ring_id=ring.ring_id)))
+
+    def _release_hold(self, out: list) -> None:
+        token = self._held
+        if token is None:
+            return
+        self._held = None
+        self._hold_until = math.inf
+        self._releasing = True
+        try:
+            self._on_token(token, self.name, out)
+        finally:
+            self._releasing = False
+
+    def _on_hold_cancel(self, msg: TokenHoldCancel, sender: str, out: list) -> None:
+        if self._held is not None and self.ring is not None and msg.ring_id == self.ring.ring_id:
+            self.stats.hold_cancels += 1
+            if self.ring is not None:
+                self.ring.idle_visits = 0
+            self._release_hold(out)
+
+    # --- Datagrams ------------------------------------------------------------------------
+
+    def _make_emit(self) -> Callable[[list, Mcast, int, RingId], None]:
+        reassembler = self.reassembler
+        stats = self.stats
+
+        def emit(out: list, mcast: Mcast, seq: int, ring_id: RingId) -> None:
+            emit_chunks(out, mcast, seq, ring_id, reassembler, stats)
+
+        return emit
+
+    def _on_mcast(self, msg: Mcast, sender: str, out: list) -> None:
+        state = self.state
+        if state is State.OPERATIONAL or state is State.GATHER:
+            ring = self.ring
+        elif state is State.RECOVERY:
+            ring = self.new_ring
+        else:
+            ring = None  # COMMIT: our entry is sent; old-ring datagrams now come only as Recovered
+        if ring is not None and msg.ring_id == ring.ring_id:
+            if ring.store(msg.seq, msg):
+                self.stats.mcast_rx += 1
+                if state is State.OPERATIONAL:
+                    self._progress(msg.seq)
+                    ring.deliver(out, self._emit)
+            else:
+                self.stats.mcast_dup_rx += 1
+            return
+        if self.ring is not None and msg.ring_id == self.ring.ring_id:
+            return  # our old ring, while in Commit/Recovery
+        self._foreign(sender, msg.ring_id, out)
+
+    def _on_recovered(self, msg: Recovered, sender: str, out: list) -> None:
+        state = self.state
+        ring = self.new_ring if state is State.RECOVERY else (
+            self.ring if state is State.OPERATIONAL else None)
+        if ring is None or msg.ring_id != ring.ring_id:
+            if ring is None or msg.ring_id.seq > ring.ring_id.seq:
+                self._foreign(sender, msg.ring_id, out)
+            return
+        if not ring.store(msg.seq, msg):
+            self.stats.mcast_dup_rx += 1
+            return
+        self.stats.mcast_rx += 1
+        old = self.ring
+        if state is State.RECOVERY and old is not None and msg.old_ring_id == old.ring_id:
+            old.store(msg.old_seq, msg.mcast if msg.mcast is not None else msg)
+        if state is State.OPERATIONAL:
+            self._progress(msg.seq)
+            ring.deliver(out, self._emit)
+
+    def _on_token_ack(self, ack: TokenAck, sender: str, out: list) -> None:
+        last = self._last_sent
+        if (last is not None and last[0] == sender and type(last[1]) in (Token, CommitToken)
+                and last[1].ring_id == ack.ring_id and last[1].token_seq == ack.token_seq):
+            self._retransmit_at = math.inf
+            self._last_sent = None
+
+    def _progress(self, seq: int) -> None:
+        """A datagram past the token we forwarded: our successor has it, stop resending."""
+        last = self._last_sent
+        if last is not None and type(last[1]) is Token and seq > last[1].seq:
+            self._retransmit_at = math.inf
+            self._last_sent = None
+
+    def _foreign(self, sender: str, ring_id: RingId, out: list) -> None:
+        """A message of another ring: merge if it comes from outside or from a newer ring."""
+        self.stats.foreign_rx += 1
+        if (self.state is not State.OPERATIONAL or sender == self.name
+                or self.flaps.held_out(sender, self._now)):
+            return
+        ring = self.ring
+        assert ring is not None
+        if sender not in ring.members or ring_id.seq > ring.ring_id.seq:
+            self._enter_gather(Reason.FOREIGN_RING, out, proc={sender})
+
+    def _on_merge_detect(self, msg: MergeDetect, sender: str, out: list) -> None:
+        self.stats.merge_detect_rx += 1
+        if sender == self.name or self.state is not State.OPERATIONAL:
+            return
+        ring = self.ring
+        assert ring is not None
+        if msg.ring_id == ring.ring_id:
+            # Our representative holds the idle token: the ring is alive.
+            self._token_loss_at = self._now + self.config.token_timeout_s
+            self._rep_holding = True
+            if self._last_sent is not None and self._last_sent[0] == sender:
+                self._retransmit_at = math.inf
+                self._last_sent = None
+            return
+        self._foreign(sender, msg.ring_id, out)
+
+    # --- Application and gossip hints -----------------------------------------------------
+
+    def _on_publish(self, event: Publish, out: list) -> None:
+        refused = self.queue.offer(event.msg_id, event.payload, event.safe)
+        if refused is not None:
+            self.stats.app_refused += 1
+            out.append(SendRefused(msg_id=event.msg_id, reason=refused))
+            return
+        self.stats.app_sent += 1
+        if self.state is not State.OPERATIONAL:
+            return
+        if self._held is not None:
+            self.stats.hold_cancels += 1
+            self._release_hold(out)
+        elif self._rep_holding and self.ring is not None:
+            self._rep_holding = False
+            out.append(Broadcast(msg=TokenHoldCancel(ring_id=self.ring.ring_id)))

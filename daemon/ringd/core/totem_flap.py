@@ -1,0 +1,59 @@
+"""Flap damping of gossip hints: a member that keeps dying and coming back stays out of the ring.
+
+DESIGN.md §3: "a member the gossip layer holds flapping (alive/dead repeatedly) is kept out
+of the ring until it is stable, so one bad NIC does not reform the ring every few seconds".
+A member is *flapping* once ``flap_count`` alive/dead changes fall within ``flap_window_s``;
+it is then held out until gossip has reported it alive, without change, for
+``flap_stable_s``. While held out its Joins and its rings' messages are ignored and it is
+put in the fail set of any gather, so the others form and keep a ring without it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+from ringd.config import TotemConfig
+
+
+class FlapDamper:
+    """Per-node history of gossip alive/dead hints and who is held out."""
+
+    def __init__(self, config: TotemConfig) -> None:
+        self.window_s = config.flap_window_s
+        self.count = config.flap_count
+        self.stable_s = config.flap_stable_s
+        self._alive: dict[str, bool] = {}
+        self._changes: dict[str, deque[float]] = {}
+        self._held_until: dict[str, float] = {}  # math.inf while it is reported dead
+
+    def hint(self, node: str, alive: bool, now: float) -> None:
+        """Record a PeerAlive (``alive``) or PeerDead hint."""
+        before = self._alive.get(node)
+        self._alive[node] = alive
+        if before is None or before == alive:
+            return
+        changes = self._changes.setdefault(node, deque())
+        changes.append(now)
+        while changes and changes[0] < now - self.window_s:
+            changes.popleft()
+        if len(changes) >= self.count or node in self._held_until:
+            self._held_until[node] = now + self.stable_s if alive else math.inf
+
+    def held_out(self, node: str, now: float) -> bool:
+        until = self._held_until.get(node)
+        return until is not None and now < until
+
+    def held(self, now: float) -> set[str]:
+        return {n for n, until in self._held_until.items() if now < until}
+
+    def next_release(self) -> float:
+        return min((t for t in self._held_until.values() if t < math.inf), default=math.inf)
+
+    def released(self, now: float) -> list[str]:
+        """Nodes whose hold ended (stable long enough); forgets their history."""
+        done = sorted(n for n, until in self._held_until.items() if until <= now)
+        for node in done:
+            del self._held_until[node]
+            self._changes.pop(node, None)
+        return done

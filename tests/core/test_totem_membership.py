@@ -1,0 +1,182 @@
+"""Totem membership: join merging and consensus, merges after partitions, crashes, restarts."""
+
+from __future__ import annotations
+
+from totem_harness import Harness
+
+from ringd.config import TotemConfig
+from ringd.core.totem import State
+from ringd.core.totem_events import ConfigKind
+from ringd.core.totem_membership import JoinOutcome, Membership
+from ringd.totem_messages import CommitToken, Join
+
+
+def test_join_merging_rules_reach_consensus_on_conflicting_sets() -> None:
+    a = Membership("a")
+    a.start({"a", "b"}, set())
+    # c knows more processors: we merge and start consensus over (c already holds our view).
+    out = a.on_join("c", Join(proc=("a", "b", "c"), fail=(), ring_seq=0), current=True)
+    assert out is JoinOutcome.MERGED and a.proc == {"a", "b", "c"} and a.consensus == {"a", "c"}
+    # A join contained in our sets tells us nothing.
+    assert a.on_join("b", Join(proc=("a", "b"), fail=(), ring_seq=0), current=True) \
+        is JoinOutcome.IGNORED
+    # b gave up on d: its fail set is merged (and d joins proc).
+    out = a.on_join("b", Join(proc=("a", "b", "c"), fail=("d",), ring_seq=0), current=True)
+    assert out is JoinOutcome.MERGED and a.fail == {"d"} and a.members == ("a", "b", "c")
+    for sender in ("b", "c"):
+        assert a.on_join(sender, Join(proc=("a", "b", "c", "d"), fail=("d",), ring_seq=0),
+                         current=True) is JoinOutcome.AGREES
+    assert a.agreed() and a.is_rep()
+    # A processor that failed us is failed in turn (failure is mutual)...
+    e = Membership("e")
+    e.start({"e", "f"}, set())
+    e.on_join("f", Join(proc=("e", "f"), fail=("e",), ring_seq=5), current=True)
+    assert e.fail == {"f"} and e.members == ("e",)
+    # ...unless its fail set predates our ring (a stale verdict is not merged).
+    g = Membership("g")
+    g.start({"g"}, set())
+    g.on_join("h", Join(proc=("g", "h"), fail=("g",), ring_seq=1), current=False)
+    assert g.fail == set() and g.members == ("g", "h")
+
+
+def test_conflicting_views_converge_to_one_ring() -> None:
+    h = Harness(["a", "b", "c", "d"], start=False)
+    # Nodes start one after another, each first forming a ring of its own.
+    for i, name in enumerate(h.names):
+        h.start(name)
+        h.run_for(0.01 * (i + 1))
+    h.run_until(h.operational_ring, timeout_s=5.0)
+    assert all(c.members == ("a", "b", "c", "d") for c in h.cores.values())
+    assert sum(c.stats.consensus_timeouts for c in h.cores.values()) == 0
+
+
+def test_partitioned_rings_merge_with_a_commit_token_from_two_old_rings() -> None:
+    h = Harness(["a", "b", "c", "d", "e"])
+    h.run_until(h.operational_ring, timeout_s=3.0)
+    h.partition({"a", "b", "c"}, {"d", "e"})
+    h.run_until(lambda: h.operational_ring(["a", "b", "c"]) and h.operational_ring(["d", "e"]),
+                timeout_s=5.0)
+    left = h.cores["a"].ring_id
+    right = h.cores["d"].ring_id
+    assert left != right
+    for i in range(5):
+        h.publish("b", i, b"left")
+        h.publish("e", i, b"right")
+    h.run_until(lambda: h.delivered_everywhere([("b", 4)], ["a", "b", "c"])
+                and h.delivered_everywhere([("e", 4)], ["d", "e"]), timeout_s=2.0)
+    commit_tokens: list[CommitToken] = []
+    original = h._send
+
+    def spy(src: str, dst: str, msg: object) -> None:
+        if type(msg) is CommitToken:
+            commit_tokens.append(msg)
+        original(src, dst, msg)
+
+    h._send = spy  # type: ignore[method-assign]
+    h.heal()
+    h.run_until(h.operational_ring, timeout_s=5.0)  # merge detection on the idle rings
+    full = [t for t in commit_tokens if len(t.entries) == 5]
+    assert full and {e.old_ring_id for e in full[-1].entries} == {left, right}
+    # Each side's transitional configuration is the part of the new ring from its old ring.
+    for name, side in [("a", ("a", "b", "c")), ("e", ("d", "e"))]:
+        configs = h.logs[name].configs
+        trans = [c for c in configs if c.kind is ConfigKind.TRANSITIONAL]
+        assert trans[-1].members == side
+        assert configs[-1].kind is ConfigKind.REGULAR and len(configs[-1].members) == 5
+    # Messages of each side were delivered only there, in their own ring.
+    assert ("e", 0) not in h.logs["a"].delivered_keys()
+    assert {d.ring_id for d in h.logs["a"].deliveries if d.origin == "b"} == {left}
+    keys = [("a", 100), ("e", 100)]
+    h.publish("a", 100, b"together")
+    h.publish("e", 100, b"together")
+    h.run_until(lambda: h.delivered_everywhere(keys), timeout_s=2.0)
+    h.assert_consistent_order()
+
+
+def test_crash_installs_transitional_then_regular_within_the_bound() -> None:
+    config = TotemConfig()
+    h = Harness(["a", "b", "c", "d"], config=config)
+    h.run_until(h.operational_ring, timeout_s=3.0)
+    h.publish("b", 1, b"before crash")
+    h.run_until(lambda: h.delivered_everywhere([("b", 1)]), timeout_s=1.0)
+    old_ring = h.cores["a"].ring_id
+    marks = {n: len(h.logs[n].configs) for n in h.names}
+    h.crash("c")
+    survivors = ["a", "b", "d"]
+    took = h.run_until(lambda: h.operational_ring(survivors), timeout_s=5.0)
+    rotation_s = 0.01  # a generous bound for two loss-free rotations here
+    assert took <= config.token_timeout_s + config.consensus_s + 2 * rotation_s
+    for name in survivors:
+        new = h.logs[name].configs[marks[name]:]
+        assert [c.kind for c in new] == [ConfigKind.TRANSITIONAL, ConfigKind.REGULAR]
+        assert new[0].members == tuple(survivors) and new[1].members == tuple(survivors)
+        assert new[1].ring_id.seq > old_ring.seq
+    assert sum(h.cores[n].stats.token_lost.get("OPERATIONAL", 0) for n in survivors) >= 1
+
+
+def test_gossip_peer_dead_fails_the_member_at_once() -> None:
+    config = TotemConfig()
+    h = Harness(["a", "b", "c"], config=config)
+    h.run_until(h.operational_ring, timeout_s=3.0)
+    h.crash("c")
+    for name in ("a", "b"):
+        h.peer_dead(name, "c")
+    took = h.run_until(lambda: h.operational_ring(["a", "b"]), timeout_s=2.0)
+    assert took < config.token_timeout_s / 2  # no token-loss or consensus wait
+    assert h.cores["a"].stats.gather_entered.get("peer_dead", 0) == 1
+
+
+def test_restart_uses_persisted_ring_seq_and_ring_ids_only_grow() -> None:
+    h = Harness(["a", "b", "c"])
+    h.run_until(h.operational_ring, timeout_s=3.0)
+    first = h.cores["c"].ring_id
+    assert h.persisted["c"] >= first.seq
+    h.crash("c")
+    h.run_until(lambda: h.operational_ring(["a", "b"]), timeout_s=5.0)
+    h.restart("c")
+    assert h.cores["c"].state is not State.OPERATIONAL
+    h.run_until(h.operational_ring, timeout_s=5.0)
+    for name in h.names:
+        seqs = [c.ring_id.seq for c in h.logs[name].configs if c.kind is ConfigKind.REGULAR]
+        assert seqs == sorted(set(seqs))
+    # The restarted process starts with a regular configuration (no old ring to leave).
+    kinds = [c.kind for c in h.logs["c"].configs]
+    assert kinds[0] is ConfigKind.REGULAR and kinds[-1] is ConfigKind.REGULAR
+    assert all(x is not y for x, y in zip(kinds, kinds[1:], strict=False))  # alternating
+    assert h.cores["c"].ring_id.seq > h.persisted["c"] - 1 >= first.seq
+    h.publish("c", 1, b"back")
+    h.run_until(lambda: h.delivered_everywhere([("c", 1)]), timeout_s=1.0)
+
+
+def test_lone_restart_with_persisted_seq_forms_a_higher_ring() -> None:
+    h = Harness(["z"], start=False)
+    h.persisted["z"] = 1000
+    h.start("z")
+    h.run_until(lambda: h.cores["z"].state is State.OPERATIONAL, timeout_s=2.0)
+    assert h.cores["z"].ring_id.seq > 1000
+    assert h.persisted["z"] == h.cores["z"].ring_id.seq
+
+
+def test_a_flapping_member_is_kept_out_until_it_is_stable() -> None:
+    config = TotemConfig(flap_window_s=10.0, flap_count=3, flap_stable_s=1.0)
+    h = Harness(["a", "b", "c"], config=config)
+    h.run_until(h.operational_ring, timeout_s=3.0)
+    # c crashes and comes back twice; gossip reports each change: c is flapping.
+    for _ in range(2):
+        h.crash("c")
+        for name in ("a", "b"):
+            h.peer_dead(name, "c")
+        h.run_until(lambda: h.operational_ring(["a", "b"]), timeout_s=2.0)
+        h.restart("c")
+        for name in ("a", "b"):
+            h.peer_alive(name, "c")
+        h.run_for(0.05)
+    held_at = h.now
+    assert h.cores["a"].flaps.held_out("c", h.now)
+    h.run_for(0.5)  # c keeps sending Joins, but stays out while not stable
+    assert h.operational_ring(["a", "b"]) and h.cores["c"].members == ("c",)
+    h.run_until(h.operational_ring, timeout_s=3.0)
+    assert h.now - held_at >= config.flap_stable_s - 0.06
+    h.publish("c", 1, b"back for good")
+    h.run_until(lambda: h.delivered_everywhere([("c", 1)]), timeout_s=1.0)
+    h.assert_consistent_order()

@@ -1,0 +1,174 @@
+"""Totem operational ordering: ring formation, total order, agreed/safe, packing, fragments, flow."""
+
+from __future__ import annotations
+
+import pytest
+from totem_harness import Harness
+
+from ringd.config import TotemConfig
+from ringd.core.totem import State
+from ringd.core.totem_events import ConfigKind, Deliver
+from ringd.totem_messages import Mcast, Token
+
+
+@pytest.mark.parametrize("n", [3, 5])
+def test_ring_forms_and_orders_concurrent_messages_identically(n: int) -> None:
+    names = [f"n{i}" for i in range(n)]
+    h = Harness(names)
+    h.run_until(h.operational_ring, timeout_s=3.0)
+    ring_ids = {c.ring_id for c in h.cores.values()}
+    assert len(ring_ids) == 1
+    for name in names:
+        last = h.logs[name].last_regular()
+        assert last is not None and last.members == tuple(names)
+    keys = []
+    for i in range(40):
+        for name in names:
+            h.publish(name, i, f"{name}-{i}".encode(), safe=i % 4 == 0)
+            keys.append((name, i))
+    h.run_until(lambda: h.delivered_everywhere(keys), timeout_s=3.0)
+    orders = [h.logs[name].delivered_keys() for name in names]
+    assert all(order == orders[0] for order in orders)
+    assert sorted(orders[0]) == sorted(keys)
+    # Each sender's messages keep their send order (FIFO per origin).
+    for name in names:
+        mine = [i for origin, i in orders[0] if origin == name]
+        assert mine == sorted(mine)
+    payloads = {(d.origin, d.msg_id): d.payload for d in h.logs[names[0]].deliveries}
+    assert payloads[("n1", 7)] == b"n1-7"
+
+
+def test_agreed_is_delivered_on_receipt_and_safe_only_once_everyone_has_it() -> None:
+    h = Harness(["a", "b", "c"])
+    h.run_until(h.operational_ring, timeout_s=3.0)
+    h.publish("a", 1, b"agreed")
+    h.publish("a", 2, b"safe", safe=True)
+    agreed_early = False
+    seen: dict[str, int] = {n: 0 for n in h.names}
+    for _ in range(10_000):
+        if h.delivered_everywhere([("a", 1), ("a", 2)]):
+            break
+        assert h.step(h.now + 1.0)
+        for name in h.names:
+            log = h.logs[name].deliveries
+            for d in log[seen[name]:]:
+                others_aru = [h.cores[o].ring.my_aru for o in h.names]
+                if d.safe:
+                    # Safe: every member already holds the datagram.
+                    assert min(others_aru) >= d.seq, (name, d, others_aru)
+                elif min(others_aru) < d.seq:
+                    agreed_early = True  # delivered while another member still lacked it
+            seen[name] = len(log)
+    assert h.delivered_everywhere([("a", 1), ("a", 2)])
+    assert agreed_early
+    for name in h.names:
+        kinds = {d.msg_id: d.safe for d in h.logs[name].deliveries}
+        assert kinds == {1: False, 2: True}
+        assert h.cores[name].stats.deliveries_safe == 1
+
+
+def test_small_messages_are_packed_into_few_datagrams() -> None:
+    h = Harness(["a", "b", "c"])
+    h.run_until(h.operational_ring, timeout_s=3.0)
+    before = h.cores["a"].stats.mcast_tx
+    keys = []
+    for i in range(60):
+        h.publish("a", i, bytes([i]) * 100)
+        keys.append(("a", i))
+    h.run_until(lambda: h.delivered_everywhere(keys), timeout_s=2.0)
+    datagrams = h.cores["a"].stats.mcast_tx - before
+    assert 1 <= datagrams <= 2  # 60 x ~124 bytes fit in one 60 kB datagram
+    assert [k for k in h.logs["c"].delivered_keys()] == keys
+
+
+def test_one_mib_message_is_fragmented_and_reassembled() -> None:
+    h = Harness(["a", "b", "c"])
+    h.run_until(h.operational_ring, timeout_s=3.0)
+    payload = bytes(range(256)) * 4096  # 1 MiB
+    assert len(payload) == TotemConfig().message_bytes_max
+    h.publish("b", 1, b"before")
+    h.publish("b", 2, payload)
+    h.publish("b", 3, b"after")
+    keys = [("b", 1), ("b", 2), ("b", 3)]
+    h.run_until(lambda: h.delivered_everywhere(keys), timeout_s=3.0)
+    for name in h.names:
+        got = {d.msg_id: d.payload for d in h.logs[name].deliveries}
+        assert got[2] == payload
+        assert h.logs[name].delivered_keys() == keys
+    assert h.cores["b"].stats.fragments_tx >= 1 << 20 // 60000
+
+
+def test_too_large_and_queue_full_are_refused() -> None:
+    config = TotemConfig(send_queue_len_max=3, message_bytes_max=1000)
+    h = Harness(["a"], config=config)
+    h.publish("a", 1, b"x" * 1001)
+    for i in range(2, 7):
+        h.publish("a", i, b"y")
+    refused = [r.msg_id for r in h.logs["a"].refused]
+    assert refused == [1, 5, 6]
+    assert h.cores["a"].stats.app_refused == 3
+
+
+def test_flow_control_bounds_each_visit_and_rotation() -> None:
+    config = TotemConfig(max_messages=5, window_size=12, mtu_bytes=1400)
+    h = Harness(["a", "b", "c"], config=config)
+    h.run_until(h.operational_ring, timeout_s=3.0)
+    tokens: list[Token] = []
+    per_visit: list[int] = []
+    original = h._apply
+
+    def spy(name: str, effects: list) -> None:
+        sent = sum(1 for e in effects if type(getattr(e, "msg", None)) is Mcast)
+        for e in effects:
+            if type(getattr(e, "msg", None)) is Token:
+                tokens.append(e.msg)
+                per_visit.append(sent)
+        original(name, effects)
+
+    h._apply = spy  # type: ignore[method-assign]
+    keys = []
+    for i in range(60):
+        for name in h.names:
+            h.publish(name, i, bytes(1200))  # one datagram each
+            keys.append((name, i))
+    h.run_until(lambda: h.delivered_everywhere(keys), timeout_s=5.0)
+    assert max(per_visit) == config.max_messages
+    assert all(t.fcc <= config.window_size for t in tokens)
+    assert max(t.fcc for t in tokens) >= config.window_size - config.max_messages
+    orders = [h.logs[n].delivered_keys() for n in h.names]
+    assert orders[0] == orders[1] == orders[2]
+
+
+def test_idle_ring_holds_the_token_and_a_send_cancels_the_hold() -> None:
+    config = TotemConfig()
+    h = Harness(["a", "b", "c"], config=config)
+    h.run_until(h.operational_ring, timeout_s=3.0)
+    h.run_for(1.0)
+    sent_before = h.sent.get("Token", 0)
+    h.run_for(2.0)
+    rotations = (h.sent.get("Token", 0) - sent_before) / 3
+    # Without holding, a loopback ring would rotate thousands of times in 2 s.
+    assert rotations < 2.0 / min(config.merge_s, 0.4 * config.token_timeout_s) * 2
+    assert h.cores["a"].stats.token_held > 0
+    assert all(c.state is State.OPERATIONAL for c in h.cores.values())  # no token loss
+    # The representative holds now; a send on another member wakes the ring at once.
+    assert h.cores["a"]._held is not None
+    start = h.now
+    h.publish("c", 1, b"wake up")
+    h.run_until(lambda: h.delivered_everywhere([("c", 1)]), timeout_s=1.0)
+    assert h.now - start < 0.05
+    assert h.cores["a"].stats.hold_cancels >= 1
+
+
+def test_singleton_ring_delivers_its_own_messages() -> None:
+    h = Harness(["solo"])
+    h.run_until(lambda: h.cores["solo"].state is State.OPERATIONAL, timeout_s=2.0)
+    assert h.cores["solo"].members == ("solo",)
+    h.publish("solo", 1, b"one", safe=True)
+    h.publish("solo", 2, b"two")
+    h.run_until(lambda: h.delivered_everywhere([("solo", 1), ("solo", 2)]), timeout_s=1.0)
+    configs = h.logs["solo"].configs
+    assert [c.kind for c in configs] == [ConfigKind.REGULAR]
+    h.run_for(2.0)  # idle: holds, no timer loop, stays up
+    assert h.cores["solo"].state is State.OPERATIONAL
+    assert isinstance(h.logs["solo"].entries[-1], Deliver)
