@@ -272,6 +272,37 @@ async def bench_n(n: int, args: argparse.Namespace, root: Path) -> dict[str, Any
         c.stop_all()
 
 
+async def soak(n: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    """An idle converged cluster for ``--soak-s``: nobody is killed, so every suspicion is false
+    and every dead a false positive. Counts come from the daemons' own gossip stats."""
+    rnd = random.Random()
+    c = Cluster(root / f"soak{n}", f"soak{n}-{rnd.randrange(1 << 30):x}", rnd.randrange(20000, 60000))
+    c.root.mkdir(parents=True)
+    try:
+        t0 = time.monotonic()
+        for i in range(n):
+            c.spawn(f"s{i:02d}")
+        await wait_all(c.alive(), "members", lambda r: count_alive(r) >= n, t0, args.timeout_s, args.poll_s)
+        print(f"  soak N={n}: converged, idling {args.soak_s:.0f}s", flush=True)
+        min_alive = n
+        end = time.monotonic() + args.soak_s
+        while time.monotonic() < end:
+            await trio.sleep(min(10.0, max(0.0, end - time.monotonic())))  # sampling period
+            replies = [await ask(d, "members") for d in c.alive()]
+            min_alive = min([min_alive] + [count_alive(r) for r in replies if r is not None])
+        stats = [await ask(d, "status") for d in c.alive()]
+        g = [s["gossip"] for s in stats if s is not None]
+        return {
+            "n": n, "soak_s": args.soak_s, "daemons_running": len(c.alive()),
+            "min_alive_seen": min_alive,
+            "false_suspicions": sum(x.get("suspicions_raised", 0) for x in g),
+            "refutations": sum(x.get("suspicions_refuted", 0) for x in g),
+            "false_dead": sum(x.get("members_confirmed_dead", 0) for x in g),
+        }
+    finally:
+        c.stop_all()
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     head = (
         "| N | cold start s | join s (Serf) | tags s | event s (Serf) | leave s (Serf) "
@@ -300,6 +331,9 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
         for n in args.nodes:
             print(f"N={n} ...", flush=True)
             rows.append(await bench_n(n, args, root))
+        if args.soak_s > 0:
+            print(f"soak N={args.soak_n} ...", flush=True)
+            rows.append({"soak": await soak(args.soak_n, args, root)})
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
@@ -315,12 +349,20 @@ def main() -> None:
     p.add_argument("--idle-s", type=float, default=15.0)
     p.add_argument("--poll-s", type=float, default=0.02)
     p.add_argument("--timeout-s", type=float, default=60.0)
+    p.add_argument("--soak-s", type=float, default=0.0, help="idle soak length (0 = skip); target run: 600")
+    p.add_argument("--soak-n", type=int, default=50)
     p.add_argument("--json", default="bench-results/bench_gossip.json")
     p.add_argument("--keep", action="store_true", help="keep daemon logs")
     args = p.parse_args()
     rows = trio.run(main_async, args)
     print()
-    print(table(rows))
+    print(table([r for r in rows if "soak" not in r]))
+    for r in rows:
+        if "soak" in r:
+            sk = r["soak"]
+            print(f"\nidle soak N={sk['n']} for {sk['soak_s']:.0f}s: false suspicions {sk['false_suspicions']}, "
+                  f"refutations {sk['refutations']}, false dead {sk['false_dead']}, "
+                  f"lowest alive count seen {sk['min_alive_seen']}/{sk['n']}")
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"when": time.strftime("%Y-%m-%dT%H:%M:%S"), "results": rows}, indent=2))

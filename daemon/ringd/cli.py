@@ -218,6 +218,45 @@ def leave(socket: Annotated[Path | None, typer.Option("--socket", help=SOCKET_HE
     print(f"{name or 'daemon'} left the cluster")
 
 
+@app.command()
+def tags(
+    pairs: Annotated[list[str], typer.Argument(metavar="KEY=VALUE...", help="The new tags (they replace the old ones).")],
+    socket: Annotated[Path | None, typer.Option("--socket", help=SOCKET_HELP)] = None,
+) -> None:
+    """Replace this daemon's tags; gossip disseminates them to every member."""
+    new = dict(_split_pair("tag", p) for p in pairs)
+    _call(client.set_tags, socket, new)
+    print("tags set: " + ",".join(f"{k}={v}" for k, v in sorted(new.items())))
+
+
+@app.command()
+def event(
+    name: Annotated[str, typer.Argument(help="Event name.")],
+    payload: Annotated[str, typer.Argument(help="Payload text (name + payload <= 512 bytes).")] = "",
+    socket: Annotated[Path | None, typer.Option("--socket", help=SOCKET_HELP)] = None,
+) -> None:
+    """Send a small user event to every member by gossip (best effort, unordered, like `serf event`)."""
+    _call(client.send_event, socket, name, payload.encode())
+
+
+@app.command()
+def events(
+    as_json: Annotated[bool, typer.Option("--json", help="JSON list of {origin, ltime, name, data}.")] = False,
+    socket: Annotated[Path | None, typer.Option("--socket", help=SOCKET_HELP)] = None,
+) -> None:
+    """Show the user events this daemon received recently."""
+    rows = [
+        {"origin": e["origin"], "ltime": e["ltime"], "name": e["name"],
+         "data": e["payload"].decode("utf-8", "replace")}
+        for e in _call(client.events, socket)
+    ]
+    if as_json:
+        print(json.dumps(rows))
+        return
+    for r in rows:
+        print(f"{r['origin']}#{r['ltime']} {r['name']} {r['data']}")
+
+
 # --- ringd cluster -------------------------------------------------------------------------
 
 

@@ -137,12 +137,14 @@ class ControlClient:
 # --- blocking helpers (CLI, scripts, tests) -----------------------------------------------
 
 
-async def _one_request(path: str | Path | None, op: str, timeout_s: float) -> dict[str, Any]:
+async def _one_request(
+    path: str | Path | None, op: str, timeout_s: float, fields: dict[str, Any] | None = None
+) -> dict[str, Any]:
     sock_path = resolve_socket(path)
     try:
         with trio.fail_after(timeout_s):
             async with await ControlClient.connect(sock_path) as client:
-                return await client.request(op)
+                return await client.request(op, **(fields or {}))
     except trio.TooSlowError:
         raise DaemonTimeout(f"daemon at {sock_path} did not answer {op!r} within {timeout_s:g} s") from None
 
@@ -152,6 +154,32 @@ def status(path: str | Path | None = None, *, timeout_s: float = REQUEST_TIMEOUT
     reply = trio.run(_one_request, path, "status", timeout_s)
     reply.pop("ok", None)
     return reply
+
+
+def request(path: str | Path | None, op: str, *, timeout_s: float = REQUEST_TIMEOUT_S,
+            **fields: Any) -> dict[str, Any]:
+    """One control request ``{"op": op, **fields}``; returns the reply without ``ok``."""
+    reply = trio.run(_one_request, path, op, timeout_s, fields)
+    reply.pop("ok", None)
+    return reply
+
+
+def set_tags(path: str | Path | None, tags: dict[str, str]) -> None:
+    """Replace the daemon's tags; gossip disseminates them."""
+    request(path, "tags", tags=tags)
+
+
+def send_event(path: str | Path | None, name: str, payload: bytes = b"") -> None:
+    """Disseminate a small user event by gossip (best effort, unordered, like ``serf event``)."""
+    request(path, "event", name=name, payload=payload)
+
+
+def events(path: str | Path | None = None) -> list[dict[str, Any]]:
+    """The user events this daemon received recently (bounded), oldest first."""
+    out = request(path, "events").get("events")
+    if not isinstance(out, list):
+        raise ProtocolError("events reply without an event list")
+    return out
 
 
 def members(path: str | Path | None = None, *, timeout_s: float = REQUEST_TIMEOUT_S) -> list[dict[str, Any]]:

@@ -125,7 +125,7 @@ class GossipConfig:
     probe_interval_s: float = knob(0.4, "time between probes of one member", _positive)
     probe_timeout_s: float = knob(0.2, "wait for a direct ack before indirect probes", _positive)
     indirect_checks: int = knob(3, "members asked to probe indirectly (k)", _between(0, 16))
-    suspicion_mult: float = knob(2.0, "suspicion timeout multiplier", _positive)
+    suspicion_mult: float = knob(1.5, "suspicion timeout multiplier", _positive)
     suspicion_max_mult: float = knob(4.0, "max suspicion timeout as a multiple of the min", _between(1, 100))
     suspicion_confirmations: int = knob(3, "independent confirmations that shrink suspicion to min", _between(0, 32))
     retransmit_mult: int = knob(4, "piggyback retransmissions multiplier (lambda)", _between(1, 32))
