@@ -7,10 +7,10 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-import random
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from random import Random
 
 from ringd.config import GossipConfig
 from ringd.core.awareness import Awareness
@@ -146,7 +146,7 @@ class GossipState:
         name: str,
         address: Address,
         config: GossipConfig,
-        rng: random.Random,
+        rng: Random,
         tags: dict[str, str] | None = None,
         seeds: Sequence[Address] = (),
         incarnation: int = 0,

@@ -15,14 +15,16 @@ data; the driver passes :class:`Tick`).
 
 Deviations from corosync, each for a reason given where it is done: Joins are ignored in
 Recovery; a duplicate token is answered with :class:`TokenAck` so that a member whose
-successor died fails it at once; the idle token is held for a bounded time only.
+successor died fails it at once; the idle token is held for a bounded time only;
+failing to receive is also detected in Recovery, and a processor that failed to receive
+does not advertise its singleton ring until it hears multicast again.
 """
 
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Callable
+from random import Random
 from typing import Any
 
 from ringd.config import TotemConfig
@@ -68,6 +70,9 @@ from ringd.totem_messages import (
 
 HOLD_TOKEN_TIMEOUT_FRACTION = 0.4  # a held token is released well before others time out
 
+# What others send by multicast: receiving any of these shows we are not deaf to it.
+_MULTICAST_TYPES = frozenset({Mcast, Recovered, Join, MergeDetect, TokenHoldCancel})
+
 __all__ = ["Reason", "State", "TotemCore"]
 
 
@@ -96,7 +101,7 @@ class TotemCore(GatherCommitMixin):
     :class:`PersistRingSeq`); every ring this core forms or joins has a higher seq.
     """
 
-    def __init__(self, *, name: str, config: TotemConfig, rng: random.Random, ring_seq: int = 0,
+    def __init__(self, *, name: str, config: TotemConfig, rng: Random, ring_seq: int = 0,
                  now: float = 0.0) -> None:
         self.name = name
         self.config = config
@@ -131,6 +136,9 @@ class TotemCore(GatherCommitMixin):
         self._self_msg: Message | None = None  # token to ourselves (a ring of one)
         self._last_sent: tuple[str, Message] | None = None
         self._unanswered = 0  # retransmissions of _last_sent with no sign of progress
+        # We failed to receive and have heard no multicast from anyone since: we keep our
+        # singleton ring to ourselves (see _failed_to_receive) until multicast reaches us.
+        self._deaf = False
         self._hold_s = min(config.merge_s, HOLD_TOKEN_TIMEOUT_FRACTION * config.token_timeout_s)
         self._dispatch: dict[type, Callable[[Any, str, list], None]] = {
             Token: self._on_token,
@@ -167,6 +175,8 @@ class TotemCore(GatherCommitMixin):
             out, self._startup_effects = self._startup_effects, []
         tp = type(event)
         if tp is Received:
+            if self._deaf and event.sender != self.name and type(event.msg) in _MULTICAST_TYPES:
+                self._deaf = False  # multicast reaches us again
             handler = self._dispatch.get(type(event.msg))
             if handler is not None:
                 handler(event.msg, event.sender, out)
@@ -363,6 +373,10 @@ class TotemCore(GatherCommitMixin):
                 result = ring.visit(token, self.recovery, out, recovery=True, install=install)
                 self.stats.recovery_tx += result.sent
                 self._forward(ring.next_member, result.token, out)
+                if result.failed_to_receive:
+                    # The recovery exchange cannot finish while we miss its datagrams; no
+                    # member can have installed yet (the aru we hold down blocks install).
+                    self._failed_to_receive(out)
                 return
             self._enter_operational(Reason.RECOVERY_DONE, out)
             ring = self.ring
@@ -379,14 +393,35 @@ class TotemCore(GatherCommitMixin):
         ring = self.ring
         assert ring is not None
         self.stats.token_rx += 1
+        mark = len(out)
         result = ring.visit(token, self._app, out, recovery=False, install=token.install)
+        if self._deaf and len(ring.members) == 1:
+            # Nobody needs our singleton's datagrams; to others they are a foreign ring to
+            # merge with, and merging a processor that cannot hear them stalls their ring.
+            out[mark:] = [e for e in out[mark:] if type(e) is not Broadcast]
         self.stats.token_tx += 1
         self._forward(ring.next_member, result.token, out)
         ring.deliver(out, self._emit)
         ring.collect()
         if result.failed_to_receive:
-            self.stats.fail_to_recv += 1
-            self._enter_gather(Reason.FAILED_TO_RECEIVE, out)
+            self._failed_to_receive(out)
+
+    def _failed_to_receive(self, out: list) -> None:
+        """We hold the aru down rotation after rotation: multicast does not reach us.
+
+        As corosync does, give up on everyone and form a singleton ring at once. Our Join
+        lists all of them as failed, so by the mutual-fail rule they drop us instead of
+        taking us into their next ring (where we would stall their recovery the same way).
+        Until we hear a multicast datagram again we do not advertise the singleton ring;
+        once multicast works we hear theirs and merge back.
+        """
+        self.stats.fail_to_recv += 1
+        self._deaf = True
+        others = set(self.ring.members) if self.ring is not None else set()
+        if self.commit is not None:
+            others |= set(self.commit.members)
+        others.discard(self.name)
+        self._enter_gather(Reason.FAILED_TO_RECEIVE, out, fail=others)
 
     def _hold(self, token: Token, out: list) -> None:
         """Idle ring: keep the token a while instead of spinning it; tell others we live."""
@@ -395,6 +430,8 @@ class TotemCore(GatherCommitMixin):
         self._held = token
         self._hold_until = self._now + self._hold_s
         self.stats.token_held += 1
+        if self._deaf and len(ring.members) == 1:
+            return  # see _failed_to_receive: do not invite others to merge with us yet
         self.stats.merge_detect_tx += 1
         out.append(Broadcast(msg=MergeDetect(ring_id=ring.ring_id)))
 
