@@ -307,3 +307,29 @@ def test_final_agreement_catches_a_skipped_message() -> None:
     violations = check_liveness(h, ["a", "b", "c"])
     assert [v.prop for v in violations] == ["final-agreement"]
     assert "b#0" in violations[0].detail and "a/3" in violations[0].detail
+
+
+def test_regular_transitional_split_allowed_across_partition() -> None:
+    """EVS case (i): c delivers c/1 in R1 and is then cut off; a and b only get it past a
+    gap during recovery and deliver it in their transitional configuration. Legal: c does
+    not move on with them, so nothing ties its configuration to theirs."""
+    h = good_history()
+    c = h.processes[2].entries
+    c[3], c[4] = c[4], c[3]  # c: c/1 in R1 (regular), then its transitional T(R3, {c})
+    assert check_safety(h) == []
+
+
+def test_transitional_split_between_members_moving_together() -> None:
+    """EVS case (ii): a and b both go R1 -> T(R2, {a,b}) but a delivers c/1 in R1 and b in
+    T. Recovery gives both the same datagrams, so this is a core bug. (Failure atomicity on
+    the R1 -> T edge and the total order of configuration changes catch it too; the strict
+    check names it.)"""
+    h = good_history()
+    a = h.processes[0].entries
+    a[3], a[4] = a[4], a[3]  # a delivers c/1 before installing T; b still after
+    violations = check_safety(h)
+    found = {v.prop for v in violations}
+    assert "transitional-split" in found
+    assert found <= {"transitional-split", "failure-atomicity", "total-order"}
+    detail = next(v.detail for v in violations if v.prop == "transitional-split")
+    assert "c/1" in detail and "a#0" in detail and "b#0" in detail

@@ -186,6 +186,8 @@ class GatherCommitMixin:
         if self.flaps.held_out(node, self._now):
             self.stats.flap_held_hints += 1
             return
+        if self._deaf:
+            return  # we could not hear its Joins: wait until its multicast reaches us
         state = self.state
         if state is State.GATHER:
             if node not in self.membership.fail and self.membership.add_proc(node):

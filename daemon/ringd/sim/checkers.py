@@ -12,7 +12,15 @@ under its own code:
 - ``no-duplication``: a process delivers a message at most once.
 - ``same-configuration``: every process delivers a message in the same configuration,
   i.e. ordered on the same ring at the same seq, and delivered either in that ring's
-  regular configuration or in the transitional configuration that follows it.
+  regular configuration or in the transitional configuration that follows it. (Which of
+  the two may differ between processes that do *not* move on together: one that delivered
+  m in C and then crashed or was cut off, and others that only got m, past a gap, during
+  recovery and deliver it in their transitional configuration.)
+- ``transitional-split``: the strict form for processes that *do* move on together:
+  processes that install the same transitional configuration T right after regular C
+  deliver each message of C they both deliver in the same one of C and T (Totem's recovery
+  gives every member of T all old-ring datagrams up to the highest seq any of them
+  delivered in C, so all of them can and must deliver those in C).
 - ``delivery-ring``: a Deliver's ``ring_id`` is the ring of the regular configuration the
   process installed last (the old ring while in a transitional configuration).
 - ``outside-configuration``: a delivery before the first configuration.
@@ -167,6 +175,8 @@ def check_safety(history: History, eventual: bool = True) -> list[Violation]:
     ring_seq_of_node: dict[str, tuple[int, str]] = {}
     safe_deliveries: list[tuple[str, ConfigKey, MsgKey]] = []
     moves: dict[tuple[ConfigKey, ConfigKey], tuple[ConfigKey, str]] = {}
+    # (C, T, msg) -> {delivered in T?: first pid@time} for processes that went C -> T
+    split_where: dict[tuple[ConfigKey, ConfigKey, MsgKey], dict[bool, str]] = {}
 
     for proc in procs:
         pid = proc.pid
@@ -197,6 +207,10 @@ def check_safety(history: History, eventual: bool = True) -> list[Violation]:
                     first = transitions.setdefault(edge, (got, _at(pid, times, index)))
                     if first[0] != got:
                         _atomicity(report, edge, first, got, _at(pid, times, index))
+                    if entry.kind is ConfigKind.TRANSITIONAL and current == last_regular_key:
+                        for mk in since:  # delivered in regular C, then T installed
+                            split_where.setdefault((current, key, mk), {}).setdefault(
+                                False, _at(pid, times, index))
                 since = []
                 if not repeated:  # a repeat is reported above; keep the order graph acyclic
                     order.append(key)
@@ -292,10 +306,21 @@ def check_safety(history: History, eventual: bool = True) -> list[Violation]:
             if entry.safe and current is not None:
                 safe_deliveries.append((pid, current, mk))
             since.append(mk)
+            if current is not None and last_regular_key is not None and current != last_regular_key:
+                split_where.setdefault((last_regular_key, current, mk), {}).setdefault(
+                    True, _at(pid, times, index))
             if not duplicate:
                 order.append(mk)
         delivered[pid] = seen
         orders[pid] = order
+
+    for (c_key, t_key, mk), how in split_where.items():
+        if len(how) == 2:
+            report.add("transitional-split",
+                       f"msg {mk[0]}/{mk[1]}: processes that both went {describe_config(c_key)} -> "
+                       f"{describe_config(t_key)} delivered it in different configurations: "
+                       f"{how[False]} (installing T) in the regular one, {how[True]} in the "
+                       "transitional one")
 
     _check_total_order(report, orders)
 
