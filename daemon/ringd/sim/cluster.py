@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, is_dataclass, replace
 from typing import Any
 
-from ringd.core.events import Received, Tick
+from ringd.core.events import Received
 from ringd.core.totem_events import (
     Broadcast,
     ConfigChange,
@@ -50,7 +50,6 @@ from ringd.core.totem_events import (
     PeerAlive,
     PeerDead,
     PersistRingSeq,
-    Publish,
     SendRefused,
     SendTo,
 )
@@ -64,25 +63,27 @@ from ringd.sim.options import (
     SimOptions,
     SimStats,
 )
+from ringd.sim.scenario import ScenarioMixin
+from ringd.sim.schedule import (
+    ARRIVE,
+    BURST,
+    CHECK,
+    DEADLINE,
+    FAULT,
+    HEAL,
+    HINT,
+    PUBLISH,
+    START,
+    TICK,
+    TIMER,
+    UNDO,
+    UNDO_PAUSE,
+    FalseHint,
+)
 from ringd.sim.trace import RECV, TraceEntry, format_trace, short_repr
 
 __all__ = ["DEFAULT_OPTIONS", "SIM_TOTEM", "SimCluster", "SimNode", "SimOptions", "SimRun",
            "SimStats", "format_trace", "node_names"]
-
-# Event kinds on the heap (small ints: cheap to compare and dispatch).
-_ARRIVE, _TIMER, _START, _PUBLISH, _FAULT, _UNDO, _HINT, _BURST, _HEAL, _CHECK, _DEADLINE = range(11)
-
-_UNDO_PARTITION, _UNDO_CRASH, _UNDO_PAUSE = range(3)
-
-_TICK = Tick()  # frozen and field-less: one instance serves every timer
-
-
-@dataclass(frozen=True, slots=True)
-class _FalseHint:
-    """A gossip hint delivered even though it is wrong (a false suspicion)."""
-
-    hint: PeerDead | PeerAlive
-
 
 class SimNode:
     """One simulated host: the current core incarnation and its durable ring seq."""
@@ -133,7 +134,7 @@ def node_names(n: int) -> list[str]:
     return [f"n{i:0{width}d}" for i in range(n)]
 
 
-class SimCluster:
+class SimCluster(ScenarioMixin):
     """A seeded run of ``n`` Totem cores. Build it, call :meth:`run` once."""
 
     def __init__(self, seed: int, n: int, options: SimOptions = DEFAULT_OPTIONS) -> None:
@@ -205,12 +206,12 @@ class SimCluster:
         opts = self.options
         load_rng = self._load_rng
         for node in self.nodes:
-            self._push(load_rng.uniform(0.0, opts.stagger_start_s), _START, node.index)
+            self._push(load_rng.uniform(0.0, opts.stagger_start_s), START, node.index)
         if opts.load:
-            self._push(load_rng.expovariate(1.0 / opts.burst_interval_s), _BURST, -1)
+            self._push(load_rng.expovariate(1.0 / opts.burst_interval_s), BURST, -1)
         if opts.partitions or opts.crashes or opts.pauses:
-            self._push(self._fault_rng.expovariate(1.0 / opts.fault_interval_s), _FAULT, -1)
-        self._push(opts.duration_s, _HEAL, -1)
+            self._push(self._fault_rng.expovariate(1.0 / opts.fault_interval_s), FAULT, -1)
+        self._push(opts.duration_s, HEAL, -1)
 
     def run_until(self, until_s: float, stop: Callable[[], bool] | None = None) -> bool:
         """Process events up to virtual time ``until_s``, or until ``stop()`` is true after an
@@ -261,33 +262,33 @@ class SimCluster:
             stats.events += 1
             if digest is not None:
                 digest.update(f"{at!r} {kind} {index} {data!r}".encode())
-            if kind == _ARRIVE:
+            if kind == ARRIVE:
                 self._arrive(nodes[index], data)
-            elif kind == _TIMER:
+            elif kind == TIMER:
                 node = nodes[index]
                 incarnation, deadline = data
                 if (node.up and not node.paused and node.incarnation == incarnation
                         and node.timer_at == deadline):
                     self._tick(node)
-            elif kind == _PUBLISH:
+            elif kind == PUBLISH:
                 self._publish(nodes[index], *data)
-            elif kind == _HINT:
+            elif kind == HINT:
                 node = nodes[index]
                 if node.up and not node.paused and self._hint_still_true(node, data):
                     self._handle(node, data)
-            elif kind == _START:
+            elif kind == START:
                 self._start(nodes[index])
-            elif kind == _BURST:
+            elif kind == BURST:
                 self._burst()
-            elif kind == _FAULT:
+            elif kind == FAULT:
                 self._fault()
-            elif kind == _UNDO:
+            elif kind == UNDO:
                 self._undo(index, data)
-            elif kind == _HEAL:
+            elif kind == HEAL:
                 self._heal()
-            elif kind == _CHECK:
+            elif kind == CHECK:
                 self._check_liveness_progress()
-            elif kind == _DEADLINE:
+            elif kind == DEADLINE:
                 self._liveness_deadline()
             if stats.events >= events_max:
                 self._violation("event-budget", f"run needed more than {events_max} events "
@@ -301,7 +302,7 @@ class SimCluster:
 
     def _handle(self, node: SimNode, event: Any) -> list[Any]:
         """Hand ``event`` to the node's core, apply the effects, re-arm its timer."""
-        if type(event) is _FalseHint:
+        if type(event) is FalseHint:
             event = event.hint
         core = node.core
         self.stats.handled += 1
@@ -331,7 +332,7 @@ class SimCluster:
             node.timer_at = deadline
             if deadline < math.inf:
                 at = deadline if deadline > self.now else self.now
-                self._push(at, _TIMER, node.index, (node.incarnation, deadline))
+                self._push(at, TIMER, node.index, (node.incarnation, deadline))
 
     def _tick(self, node: SimNode) -> None:
         self.stats.ticks += 1
@@ -346,7 +347,7 @@ class SimCluster:
             node.last_tick_at = self.now
             node.same_time_ticks = 0
         node.timer_at = math.inf  # consumed; _arm re-reads next_deadline()
-        self._handle(node, _TICK)
+        self._handle(node, TICK)
 
     def _apply(self, node: SimNode, effects: list[Any]) -> None:
         log = node.log
@@ -404,7 +405,7 @@ class SimCluster:
         src = node.name
         by_name = self._by_name
         for at, dst in self.network.transmit(self.now, src, dests, multicast):
-            self._push(at, _ARRIVE, by_name[dst].index, (src, data))
+            self._push(at, ARRIVE, by_name[dst].index, (src, data))
 
     def _arrive(self, node: SimNode, data: tuple[str, Any]) -> None:
         if not node.up:
@@ -464,15 +465,15 @@ class SimCluster:
                 if other is not node and other.up:
                     delay = self._fault_rng.uniform(0.05, 0.5)
                     if self.network.reachable(node.name, other.name):
-                        self._push(self.now + delay, _HINT, node.index, PeerAlive(node=other.name))
+                        self._push(self.now + delay, HINT, node.index, PeerAlive(node=other.name))
                     if self.network.reachable(other.name, node.name):
-                        self._push(self.now + delay, _HINT, other.index, PeerAlive(node=node.name))
+                        self._push(self.now + delay, HINT, other.index, PeerAlive(node=node.name))
 
     def _hint_still_true(self, node: SimNode, hint: Any) -> bool:
         """Gossip reports what it can observe when the report arrives: a stale PeerDead
         about a node that is back and reachable (or PeerAlive about one that is down or
-        cut off) is dropped. Deliberate false suspicions are wrapped in _FalseHint."""
-        if type(hint) is _FalseHint:
+        cut off) is dropped. Deliberate false suspicions are wrapped in FalseHint."""
+        if type(hint) is FalseHint:
             return True
         other = self._by_name[hint.node]
         alive = other.up and self.network.reachable(other.name, node.name)
@@ -497,13 +498,13 @@ class SimCluster:
         for other in self.nodes:
             if other is exclude or not other.up or (only is not None and not only(other)):
                 continue
-            self._push(self.now + self._fault_rng.uniform(0.2, 1.5), _HINT, other.index, hint)
+            self._push(self.now + self._fault_rng.uniform(0.2, 1.5), HINT, other.index, hint)
 
     def _pause(self, node: SimNode, duration_s: float) -> None:
         node.paused = True
         self.stats.pauses += 1
         self._trace_add(node.name, f"PAUSE for {duration_s:.3f}s")
-        self._push(self.now + duration_s, _UNDO, node.index, (_UNDO_PAUSE, node.incarnation))
+        self._push(self.now + duration_s, UNDO, node.index, (UNDO_PAUSE, node.incarnation))
 
     def _resume(self, node: SimNode) -> None:
         if not node.up or not node.paused:
@@ -521,213 +522,6 @@ class SimCluster:
                 return
             self._receive(node, data)
         self._arm(node)
-
-    # --- Load ---------------------------------------------------------------------------
-
-    def _burst(self) -> None:
-        """A burst of application messages from a random subset of nodes."""
-        if self._phase_liveness:
-            return
-        opts = self.options
-        rng = self._load_rng
-        if rng.random() < opts.flood_probability:
-            # One node floods: exercises flow control, packing and the send queue limit.
-            node = rng.choice(self.nodes)
-            for _ in range(rng.randint(50, opts.flood_messages_max)):
-                self._push(self.now + rng.uniform(0.0, 0.05), _PUBLISH, node.index,
-                           (rng.random() < opts.safe_fraction, rng.randint(1, 300), False))
-        for node in self.nodes:
-            if rng.random() < 0.6:
-                for _ in range(rng.randint(1, opts.burst_messages_max)):
-                    safe = rng.random() < opts.safe_fraction
-                    size = self._message_size(rng)
-                    self._push(self.now + rng.uniform(0.0, 0.02), _PUBLISH, node.index,
-                               (safe, size, False))
-        self._push(self.now + rng.expovariate(1.0 / opts.burst_interval_s), _BURST, -1)
-
-    def _message_size(self, rng: random.Random) -> int:
-        mtu = self.options.totem.mtu_bytes
-        roll = rng.random()
-        if roll < self.options.large_fraction:
-            return rng.randint(mtu + 1, min(4 * mtu, len(self._payload_block) - 8))
-        if roll < 0.3:
-            return rng.randint(200, min(mtu - 100, 4000))
-        return rng.randint(1, 200)
-
-    def _publish(self, node: SimNode, safe: bool, size: int, probe: bool) -> None:
-        if not node.up or node.paused:
-            return  # the application cannot reach a stopped daemon
-        msg_id = node.msg_id_next
-        node.msg_id_next += 1
-        start = self._load_rng.randrange(len(self._payload_block) - size + 1)
-        payload = msg_id.to_bytes(8, "big") + self._payload_block[start:start + size]
-        key = (node.name, msg_id)
-        self._published[key] = Published(origin=node.name, msg_id=msg_id, payload=payload,
-                                         safe=safe, incarnation=node.incarnation, probe=probe)
-        self.stats.published += 1
-        self._handle(node, Publish(msg_id=msg_id, payload=payload, safe=safe))
-
-    # --- Faults -------------------------------------------------------------------------
-
-    def _fault(self) -> None:
-        if self._phase_liveness:
-            return
-        opts = self.options
-        rng = self._fault_rng
-        kinds = [k for k, on in (("partition", opts.partitions), ("crash", opts.crashes),
-                                 ("pause", opts.pauses),
-                                 ("suspicion", opts.gossip_hints and opts.partitions)) if on]
-        kind = rng.choice(kinds)
-        duration = rng.uniform(0.3, opts.fault_duration_max_s)
-        if kind == "partition":
-            if not self.network.partitioned:
-                what = self.network.partition()
-                self.stats.partitions += 1
-                self._trace_add("-", f"PARTITION {what} for {duration:.3f}s")
-                if opts.gossip_hints:
-                    self._hint_partition()
-                self._push(self.now + duration, _UNDO, -1, (_UNDO_PARTITION, 0))
-        elif kind == "crash":
-            node = rng.choice(self.nodes)
-            if node.up:
-                self._crash(node)
-                roll = rng.random()
-                if roll < 0.2:  # back before the others notice: its old self is still in the ring
-                    duration = rng.uniform(0.005, 0.15)
-                if roll < 0.85:  # else it stays down until the heal
-                    self._push(self.now + duration, _UNDO, node.index, (_UNDO_CRASH, node.incarnation))
-        elif kind == "pause":
-            node = rng.choice(self.nodes)
-            if node.up and not node.paused:
-                # Mostly longer than the token timeout (the ring must re-form), sometimes a
-                # short stall it should ride out.
-                token_timeout = opts.totem.token_timeout_s
-                self._pause(node, rng.uniform(0.2 * token_timeout, 4 * token_timeout))
-        elif len(self.nodes) > 1:
-            # Gossip wrongly reports a live, reachable node dead to one node, then refutes it.
-            node, other = rng.sample(self.nodes, 2)
-            if node.up and other.up:
-                self._trace_add(node.name, f"FALSE SUSPICION of {other.name}")
-                self._push(self.now, _HINT, node.index, _FalseHint(PeerDead(node=other.name)))
-                self._push(self.now + rng.uniform(0.2, 1.0), _HINT, node.index,
-                           PeerAlive(node=other.name))
-        self._push(self.now + rng.expovariate(1.0 / opts.fault_interval_s), _FAULT, -1)
-
-    def _hint_partition(self) -> None:
-        """Gossip on each side eventually calls the unreachable nodes dead."""
-        net = self.network
-        for a in self.nodes:
-            for b in self.nodes:
-                if a is not b and a.up and b.up and not net.reachable(b.name, a.name):
-                    self._push(self.now + self._fault_rng.uniform(0.2, 1.5), _HINT, a.index,
-                               PeerDead(node=b.name))
-
-    def _undo(self, index: int, data: tuple[int, int]) -> None:
-        what, incarnation = data
-        if what == _UNDO_PARTITION:
-            if self.network.partitioned and not self._phase_liveness:
-                self.network.heal()
-                self._trace_add("-", "PARTITION healed")
-                if self.options.gossip_hints:
-                    for node in self.nodes:
-                        self._hint_all(PeerAlive(node=node.name), exclude=node)
-            return
-        node = self.nodes[index]
-        if what == _UNDO_CRASH:
-            if not node.up and node.incarnation == incarnation:
-                self.stats.restarts += 1
-                self._start(node)
-        elif node.incarnation == incarnation:
-            self._resume(node)
-
-    # --- Liveness phase -----------------------------------------------------------------
-
-    def _heal(self) -> None:
-        """End of chaos: heal everything, then demand convergence within the bound."""
-        self._phase_liveness = True
-        self.stats.heal_at_s = self.now
-        self._trace_add("-", "HEAL: partitions removed, crashed nodes restarted, pauses ended")
-        self.network.heal()
-        # Liveness is judged on a healthy LAN: the chaos-phase delay spikes end too.
-        self.network.options = replace(self.options.liveness_network,
-                                       loss_probability=self.options.liveness_loss)
-        self.network.loss_probability = self.options.liveness_loss
-        for node in self.nodes:
-            if not node.up:
-                self.stats.restarts += 1
-                self._start(node)
-            elif node.paused:
-                self._resume(node)
-        if self.options.gossip_hints:
-            for node in self.nodes:
-                self._hint_all(PeerAlive(node=node.name), exclude=node)
-        if not self.options.liveness:
-            self._stop = True
-            return
-        self._push(self.now + self.options.liveness_bound_s(), _DEADLINE, -1)
-        self._push(self.now + 0.05, _CHECK, -1)
-
-    def _converged(self, names: tuple[str, ...] | None = None) -> bool:
-        ring = None
-        everyone = set(names or self._names)
-        for name in names or self._names:
-            node = self._by_name[name]
-            core = node.core
-            if core is None or core.state.name != "OPERATIONAL" or set(core.members) != everyone:
-                return False
-            if ring is None:
-                ring = core.ring_id
-            elif core.ring_id != ring:
-                return False
-            entries = node.log.entries  # type: ignore[union-attr]
-            last = next((e for e in reversed(entries) if type(e) is ConfigChange), None)
-            if last is None or last.kind is not ConfigKind.REGULAR or last.ring_id != ring:
-                return False
-        return True
-
-    def _check_liveness_progress(self) -> None:
-        """Once converged, publish a round of probes; done when a round is delivered by
-        every node with no reconfiguration in between. A reconfiguration may legitimately
-        leave a probe undelivered somewhere (it went to a configuration without that
-        node), so such a round is demoted to ordinary messages and a new one starts."""
-        stats = self.stats
-        if self._probe_keys and stats.regular_configs != self._probe_configs_at:
-            for key in self._probe_keys:
-                pub = self._published.get(key)
-                if pub is not None:
-                    self._published[key] = replace(pub, probe=False)
-            self._probe_keys = []
-        if not self._probe_keys:
-            if self._converged():
-                if stats.converged_at_s is None:
-                    stats.converged_at_s = self.now
-                stats.probe_rounds += 1
-                self._probe_configs_at = stats.regular_configs
-                self._trace_add("-", f"CONVERGED: publishing probe round {stats.probe_rounds}")
-                mtu = self.options.totem.mtu_bytes
-                for node in self.nodes:
-                    for safe, size in ((False, 10), (True, 10), (False, mtu + 100)):
-                        self._probe_keys.append((node.name, node.msg_id_next))
-                        self._publish(node, safe, size, True)
-        elif self._probes_delivered() and self._converged():
-            self._trace_add("-", "probes delivered everywhere: done")
-            self._stop = True
-            return
-        self._push(self.now + 0.05, _CHECK, -1)
-
-    def _probes_delivered(self) -> bool:
-        probes = self._probe_keys
-        for node in self.nodes:
-            got = {(e.origin, e.msg_id) for e in node.log.entries  # type: ignore[union-attr]
-                   if type(e) is Deliver}
-            if any(k not in got for k in probes):
-                return False
-        return True
-
-    def _liveness_deadline(self) -> None:
-        # The checker explains what is missing; here we only stop the run.
-        self._trace_add("-", f"LIVENESS DEADLINE after {self.options.liveness_bound_s():.1f}s")
-        self._stop = True
 
     # --- Result -------------------------------------------------------------------------
 
