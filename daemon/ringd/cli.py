@@ -114,6 +114,7 @@ def run(
     no_multicast: Annotated[bool, typer.Option("--no-multicast", help="Disable multicast; use seeds only (key net.multicast_enabled=false).")] = False,
     seed: Annotated[list[str] | None, typer.Option("--seed", metavar="HOST:PORT", help="Peer to contact by unicast; repeatable (key net.seeds).")] = None,
     key_file: Annotated[Path | None, typer.Option("--key-file", help="Shared cluster key file; enables datagram authentication (key key_file).")] = None,
+    metrics_port: Annotated[int | None, typer.Option("--metrics-port", help="Port of the /metrics HTTP server, 0 = disabled (key metrics_port).")] = None,
     socket: Annotated[Path | None, typer.Option("--socket", help="Control socket path (key socket).")] = None,
     state_dir: Annotated[Path | None, typer.Option("--state-dir", help="Directory for persistent state (key state_dir).")] = None,
     tag: Annotated[list[str] | None, typer.Option("--tag", metavar="KEY=VALUE", help="Member tag; repeatable (key tags).")] = None,
@@ -139,6 +140,7 @@ def run(
         "net.multicast_enabled": False if no_multicast else None,
         "net.seeds": tuple(seed) if seed else None,
         "key_file": str(key_file) if key_file is not None else None,
+        "metrics_port": metrics_port,
         "socket": str(socket) if socket is not None else None,
         "state_dir": str(state_dir) if state_dir is not None else None,
         "tags": tuple(_split_pair("--tag", t) for t in tag) if tag else None,
@@ -203,7 +205,7 @@ def status(
         print(json.dumps(info))
         return
     for key in ("name", "cluster", "address", "incarnation", "members_alive", "members_total",
-                "health_score", "uptime_s", "pid", "version", "socket", "multicast"):
+                "health_score", "uptime_s", "pid", "version", "socket", "multicast", "metrics"):
         print(f"{key}: {info.get(key)}")
     transport = info.get("transport") or {}
     dropped = transport.get("dropped") or {}
@@ -265,6 +267,7 @@ def cluster(
     nodes: Annotated[int, typer.Option("--nodes", "-n", min=1, max=64, help="Number of daemons.")] = 3,
     directory: Annotated[Path | None, typer.Option("--dir", help="Directory for sockets, state, logs and cluster.json (default: a new temp dir).")] = None,
     base_port: Annotated[int, typer.Option("--base-port", min=0, max=65535, help="Node K gets unicast port BASE+K-1 (default 0: any free port).")] = 0,
+    metrics_base_port: Annotated[int, typer.Option("--metrics-base-port", min=0, max=65535, help="Node K serves /metrics on port BASE+K-1 (default 0: no metrics).")] = 0,
     for_s: Annotated[float | None, typer.Option("--for", min=0.0, metavar="SECONDS", help="Stop everything SECONDS after all daemons are up (default: until Ctrl-C).")] = None,
     cluster_name: Annotated[str | None, typer.Option("--cluster-name", help="Cluster name (default: a fresh random one, so it never merges with other daemons).")] = None,
     multicast_port: Annotated[int | None, typer.Option("--multicast-port", help="Multicast port (default: the daemons' default; other clusters' datagrams are dropped by name).")] = None,
@@ -282,6 +285,7 @@ def cluster(
         nodes=nodes,
         directory=directory,
         base_port=base_port,
+        metrics_base_port=metrics_base_port,
         run_for_s=for_s,
         cluster_name=cluster_name,
         multicast_port=multicast_port,

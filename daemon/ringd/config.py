@@ -185,6 +185,8 @@ class Config:
     state_dir: str = knob("", "directory for persistent state (empty = runtime dir / name)")
     socket: str = knob("", "control socket path (empty = default socket)")
     key_file: str = knob("", "file with the shared cluster key; enables datagram authentication")
+    metrics_host: str = knob("127.0.0.1", "address of the /metrics HTTP server", _ip)
+    metrics_port: int = knob(0, "port of the /metrics HTTP server (0 = disabled)", _port)
     log_level: str = knob("info", "debug, info, warning or error", _log_level)
     tags: tuple[tuple[str, str], ...] = knob((), "member tags (key=value), disseminated by gossip")
     net: NetConfig = field(default_factory=NetConfig)

@@ -28,7 +28,7 @@ CONVERGE_S = 25.0
 RUN_FLAGS = [
     "--config", "--preset", "--name", "--cluster-name", "--bind", "--port", "--advertise",
     "--multicast-group", "--multicast-port", "--multicast-interface", "--multicast-ttl",
-    "--no-multicast", "--seed", "--key-file", "--socket", "--state-dir",
+    "--no-multicast", "--seed", "--key-file", "--metrics-port", "--socket", "--state-dir",
     "--tag", "--log-level", "--set",
 ]
 

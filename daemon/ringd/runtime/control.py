@@ -90,7 +90,7 @@ def status_reply(daemon: Daemon) -> dict[str, Any]:
         "version": ringd.__version__,
         "socket": str(cfg.socket_path),
         "multicast": f"{net.multicast_group}:{net.multicast_port}" if net.multicast_enabled else None,
-        "metrics": None,
+        "metrics": getattr(daemon, "metrics_url", None),  # absent on stand-in daemons in tests
         "inbox_len": daemon.inbox_recv.statistics().current_buffer_used,
         "broadcast_queue_len": core.broadcast_queue_len,
         "transport": plain(daemon.transport.stats),

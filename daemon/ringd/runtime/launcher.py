@@ -44,6 +44,7 @@ class ClusterSpec:
     nodes: int
     directory: Path | None = None
     base_port: int = 0
+    metrics_base_port: int = 0  # node K serves /metrics on BASE+K-1; 0 = no metrics
     run_for_s: float | None = None
     cluster_name: str | None = None
     multicast_port: int | None = None
@@ -86,6 +87,8 @@ def daemon_command(spec: ClusterSpec, cluster_name: str, k: int, directory: Path
     ]
     if spec.multicast_port is not None:
         cmd += ["--multicast-port", str(spec.multicast_port)]
+    if spec.metrics_base_port:
+        cmd += ["--metrics-port", str(spec.metrics_base_port + k - 1)]
     for item in spec.extra_settings:
         cmd += ["--set", item]
     return cmd

@@ -15,6 +15,7 @@ import random
 import signal
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -40,6 +41,9 @@ from ringd.runtime.control import ControlServer, ControlSocketError, ControlStat
 from ringd.runtime.logs import level_number, setup_logging
 from ringd.runtime.udp import UdpTransport, open_udp_transport
 from ringd.wire import Codec, KeyFileError, load_key
+
+if TYPE_CHECKING:
+    from ringd.runtime.metrics import MetricsServer
 
 # After a leave request (signal or control op) the daemon exits at the latest this long
 # later, even if the core never reports LeaveDone (e.g. alone, or the network is gone).
@@ -119,6 +123,11 @@ class Daemon:
         self.leaving = False
         self.exit_code = 0
         self.persisted_incarnation = core.incarnation
+        # URL of the /metrics endpoint, None when disabled (reported by status).
+        self.metrics_url: str | None = None
+        # Wall-clock time a member state in our view last changed: a convergence signal
+        # for metrics, kept here because cores know no wall clock.
+        self.view_changed_wall = self.started_wall
         # Recent gossip user events, for `ringd events` style queries; bounded on purpose.
         self.recent_events: collections.deque[dict[str, object]] = collections.deque(maxlen=RECENT_EVENTS_MAX)
         self._nursery: trio.Nursery | None = None
@@ -191,6 +200,8 @@ class Daemon:
                         await self.transport.multicast(data)
                 case MemberChanged():
                     self.log.info("%s", describe_member_change(effect))
+                    if effect.old_state != effect.new_state:
+                        self.view_changed_wall = time.time()
                 case Log(level=level, text=text, fields=fields):
                     extra = "".join(f" {k}={v}" for k, v in fields.items())
                     self.log.log(level_number(level), "%s%s", text, extra)
@@ -260,6 +271,7 @@ async def run_daemon(cfg: Config, *, task_status: trio.TaskStatus[Daemon] = trio
     log = setup_logging(cfg.node_name, cfg.log_level)
     control = ControlServer(cfg.socket_path, log)
     transport: UdpTransport | None = None
+    metrics: MetricsServer | None = None
     try:
         try:
             key = load_key(cfg.key_file) if cfg.key_file else None
@@ -279,6 +291,17 @@ async def run_daemon(cfg: Config, *, task_status: trio.TaskStatus[Daemon] = trio
             if net.multicast_enabled:
                 where += f" / multicast port {net.multicast_port}"
             raise StartupError(f"cannot open UDP sockets ({where}): {exc.strerror or exc}") from None
+
+        if cfg.metrics_port != 0:
+            # Imported only when enabled: prometheus_client costs ~3 MiB in every daemon.
+            from ringd.runtime.metrics import MetricsServer
+
+            metrics = MetricsServer(cfg.metrics_host, cfg.metrics_port, log)
+            try:
+                await metrics.bind()
+            except OSError as exc:
+                raise StartupError(f"cannot open the metrics port {cfg.metrics_host}:{cfg.metrics_port}: "
+                                   f"{exc.strerror or exc}") from None
 
         previous = read_incarnation(state_dir, log)
         incarnation = 0 if previous is None else previous + 1
@@ -303,11 +326,16 @@ async def run_daemon(cfg: Config, *, task_status: trio.TaskStatus[Daemon] = trio
         )
         inbox_send, inbox_recv = trio.open_memory_channel[Input](cfg.net.inbox_len_max)
         daemon = Daemon(cfg, core, transport, codec, inbox_send, inbox_recv, log, control.stats, address)
+        if metrics is not None:
+            metrics.register(daemon)
+            daemon.metrics_url = metrics.url
         async with trio.open_nursery() as nursery:
             daemon._nursery = nursery
             await nursery.start(_signal_watcher, daemon)
             await nursery.start(transport.serve, codec, inbox_send.clone())
             await nursery.start(control.serve, daemon)
+            if metrics is not None:
+                await nursery.start(metrics.serve)
             print(startup_line(cfg, address), flush=True)
             if previous is not None:
                 log.info("restarted with incarnation %d", incarnation)
@@ -322,3 +350,5 @@ async def run_daemon(cfg: Config, *, task_status: trio.TaskStatus[Daemon] = trio
         control.close()
         if transport is not None:
             transport.close()
+        if metrics is not None:
+            metrics.close()
