@@ -127,7 +127,7 @@ class GossipConfig:
     indirect_checks: int = knob(3, "members asked to probe indirectly (k)", _between(0, 16))
     suspicion_mult: float = knob(1.5, "suspicion timeout multiplier", _positive)
     suspicion_max_mult: float = knob(4.0, "max suspicion timeout as a multiple of the min", _between(1, 100))
-    suspicion_confirmations: int = knob(3, "independent confirmations that shrink suspicion to min", _between(0, 32))
+    suspicion_confirmations: int = knob(2, "independent confirmations that shrink suspicion to min", _between(0, 32))
     retransmit_mult: int = knob(4, "piggyback retransmissions multiplier (lambda)", _between(1, 32))
     gossip_interval_s: float = knob(0.1, "interval of gossip rounds while updates are pending", _positive)
     gossip_nodes: int = knob(3, "random members each gossip round sends to", _between(1, 32))
