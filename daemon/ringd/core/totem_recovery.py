@@ -26,6 +26,7 @@ the same messages in each configuration (failure atomicity).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -83,17 +84,9 @@ def deliver_old_ring(*, old: Ring, group: list[CommitEntry], new_ring_id: RingId
                      emit: Callable[[list, Mcast, int, RingId], None]) -> None:
     """Steps 1-3 above: old configuration, transitional configuration, the rest."""
     high_delivered = max(e.high_delivered for e in group)
-    msgs = old.msgs
-    ring_id = old.ring_id
-    seq = old.delivered_seq
-    while seq + 1 in msgs:
-        entry = msgs[seq + 1]
-        if type(entry) is Mcast:
-            if entry.safe and seq + 1 > high_delivered:
-                break
-            emit(out, entry, seq + 1, ring_id)
-        seq += 1
-    old.delivered_seq = seq
+    # Gaps stop it: what lies beyond is delivered after the transitional configuration.
+    old.deliver_upto(out, emit, limit=math.inf, safe_bound=high_delivered)
+    msgs, ring_id, seq = old.msgs, old.ring_id, old.delivered_seq
     members = tuple(sorted(e.node for e in group))
     out.append(ConfigChange(kind=ConfigKind.TRANSITIONAL, ring_id=new_ring_id, members=members))
     for later in sorted(s for s in msgs if s > seq):

@@ -226,17 +226,22 @@ class Ring:
 
     def deliver(self, out: list, emit: Callable[[list, Mcast, int, RingId], None]) -> None:
         """Deliver, in seq order, what is agreed (all lower received) or safe (all have it)."""
+        if self.delivered_seq < self.my_aru:
+            self.deliver_upto(out, emit, limit=self.my_aru, safe_bound=self.safe_aru)
+
+    def deliver_upto(self, out: list, emit: Callable[[list, Mcast, int, RingId], None], *,
+                     limit: float, safe_bound: int) -> None:
+        """Deliver in seq order up to ``limit``, stopping at the first gap or at a safe
+        message above ``safe_bound`` (the one loop both Operational and Recovery use)."""
         seq = self.delivered_seq
-        limit = self.my_aru
-        if seq >= limit:
-            return
         msgs = self.msgs
-        safe_aru = self.safe_aru
         ring_id = self.ring_id
         while seq < limit:
-            entry = msgs[seq + 1]
+            entry = msgs.get(seq + 1)
+            if entry is None:
+                break
             if type(entry) is Mcast:
-                if entry.safe and seq + 1 > safe_aru:
+                if entry.safe and seq + 1 > safe_bound:
                     break
                 emit(out, entry, seq + 1, ring_id)
             seq += 1
