@@ -58,6 +58,7 @@ from typing import Any, Final
 
 import cbor2
 
+import ringd.group_messages  # noqa: F401  (registers the process-group payloads)
 import ringd.totem_messages  # noqa: F401  (registers the Totem messages with the codec)
 from ringd.messages import MESSAGE_TYPES, Message
 
@@ -511,6 +512,30 @@ class _Empty(Message):
 
 _EMPTY = _Empty()
 _SCHEMAS[_Empty] = _Schema(_Empty, 0, lambda _m: [0], lambda _v: _EMPTY)
+
+
+# --- Payloads inside Totem messages ---------------------------------------------------
+
+def encode_payload(msg: Message) -> bytes:
+    """A registered message as bytes to carry inside another message (no header, no MAC:
+    the datagram that carries it is already checked)."""
+    return cbor2.dumps(_to_plain(msg))
+
+
+def decode_payload(data: bytes) -> Message:
+    """Inverse of :func:`encode_payload` for bytes from the ring; only :class:`WireError`."""
+    try:
+        plain = _loads_exact(data, DEPTH_MAX)
+        if type(plain) is not list or not plain or type(plain[0]) is not int:
+            raise _bad("bad message array")
+        cls = MESSAGE_TYPES.get(plain[0])
+        if cls is None:
+            raise WireError(DropReason.UNKNOWN_TYPE, f"unknown message type {plain[0]}")
+        return (_SCHEMAS.get(cls) or _schema(cls)).decode(plain)
+    except WireError:
+        raise
+    except Exception as exc:
+        raise WireError(DropReason.MALFORMED, type(exc).__name__) from None
 
 
 # --- Control / client API framing ------------------------------------------------------
