@@ -211,6 +211,14 @@ def status(
     dropped = transport.get("dropped") or {}
     print(f"datagrams: in {transport.get('datagrams_in')} out {transport.get('datagrams_out')}"
           f" dropped {sum(dropped.values())} {json.dumps(dropped) if dropped else ''}".rstrip())
+    totem = info.get("totem")
+    if totem:
+        held = ",".join(totem.get("held_out") or []) or "-"
+        print(f"totem: {totem.get('state')} ring {totem.get('ring')} members "
+              f"{','.join(totem.get('members') or []) or '-'} held out {held}")
+    groups = info.get("groups")
+    if groups:
+        print(f"groups: {len(groups.get('groups') or {})} subscribers {groups.get('subscribers')}")
 
 
 @app.command()
@@ -259,6 +267,147 @@ def events(
         print(f"{r['origin']}#{r['ltime']} {r['name']} {r['data']}")
 
 
+# --- ordered delivery: ringd send / ringd subscribe ----------------------------------------
+
+# `ringd send` batches stdin lines into requests of at most this many lines / bytes, and
+# keeps this many requests in flight (the daemon handles them in order).
+SEND_BATCH_LINES_MAX = 512
+SEND_BATCH_BYTES_MAX = 256 << 10
+SEND_IN_FLIGHT_MAX = 8
+STDIN_READ_BYTES = 1 << 16
+
+
+def _first_client_error(group: BaseExceptionGroup[Any]) -> client.ClientError | None:
+    for exc in group.exceptions:
+        if isinstance(exc, client.ClientError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            inner = _first_client_error(exc)
+            if inner is not None:
+                return inner
+    return None
+
+
+def _run_client(fn: Any, *args: Any) -> Any:
+    """``trio.run(fn, *args)`` with client errors as one line (also from inside nurseries)."""
+    import trio
+
+    try:
+        return trio.run(fn, *args)
+    except client.ClientError as exc:
+        fail(str(exc))
+    except BaseExceptionGroup as group:
+        error = _first_client_error(group)
+        if error is None:
+            raise
+        fail(str(error))
+
+
+async def _stdin_batches() -> Any:
+    """Lines of stdin (without the newline) in batches for one send request each."""
+    import trio
+
+    stdin = trio.wrap_file(sys.stdin.buffer)
+    batch: list[bytes] = []
+    size = 0
+    rest = b""
+    while True:
+        chunk = await stdin.read1(STDIN_READ_BYTES)
+        lines = (rest + chunk).split(b"\n")
+        rest = lines.pop() if chunk else b""
+        if not chunk and lines == [b""]:
+            lines = []  # input ended with a newline: no empty last message
+        for line in lines:
+            batch.append(line)
+            size += len(line)
+            if len(batch) >= SEND_BATCH_LINES_MAX or size >= SEND_BATCH_BYTES_MAX:
+                yield batch
+                batch, size = [], 0
+        if not chunk:
+            break
+    if batch:
+        yield batch
+
+
+async def _send_main(path: Path | None, group: str, message: str | None, safe: bool) -> int:
+    import trio
+
+    sent = 0
+    async with client.open_client(path) as ring:
+        if message is not None:
+            return await ring.send(group, message, safe=safe)
+        in_flight = trio.Semaphore(SEND_IN_FLIGHT_MAX)
+
+        async def send_batch(batch: list[bytes]) -> None:
+            nonlocal sent
+            try:
+                sent += await ring.send(group, batch, safe=safe)
+            finally:
+                in_flight.release()
+
+        async with trio.open_nursery() as nursery:
+            async for batch in _stdin_batches():
+                await in_flight.acquire()
+                nursery.start_soon(send_batch, batch)
+    return sent
+
+
+@app.command()
+def send(
+    group: Annotated[str, typer.Argument(help="Group to send to (we need not be a member).")],
+    message: Annotated[str | None, typer.Argument(help="The message; without it every stdin line is one message.")] = None,
+    safe: Annotated[bool, typer.Option("--safe", help="Return once every ring member has the messages (safe delivery), not once they are queued (agreed).")] = False,
+    socket: Annotated[Path | None, typer.Option("--socket", help=SOCKET_HELP)] = None,
+) -> None:
+    """Send messages to a group in total order; exits 0 once the daemon accepted them all."""
+    _run_client(_send_main, socket, group, message, safe)
+
+
+async def _subscribe_main(path: Path | None, group: str) -> bool:
+    """Print the group's events until a signal (True) or until stdout's reader left (False)."""
+    import signal
+
+    import trio
+
+    async with client.open_client(path) as ring, trio.open_nursery() as nursery:
+
+        async def stop_on_signal() -> None:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+
+        nursery.start_soon(stop_on_signal)
+        await ring.join(group)
+        async for batch in ring.batches():
+            lines = [json.dumps(client.event_json(e)) + "\n" for e in client.expand(batch)]
+            try:
+                sys.stdout.write("".join(lines))
+                sys.stdout.flush()  # one flush per delivered batch
+            except BrokenPipeError:
+                nursery.cancel_scope.cancel()
+                return False
+    return True
+
+
+@app.command()
+def subscribe(
+    group: Annotated[str, typer.Argument(help="Group to join.")],
+    socket: Annotated[Path | None, typer.Option("--socket", help=SOCKET_HELP)] = None,
+) -> None:
+    """Join a group and print its events as JSON lines: {"type": "message"|"config"|"group", ...}.
+    Stops cleanly on Ctrl-C/SIGTERM; fails if the daemon goes away or drops us."""
+    import os
+
+    try:
+        stdout_open = _run_client(_subscribe_main, socket, group)
+    except KeyboardInterrupt:  # Ctrl-C before our signal handler was installed
+        return
+    if not stdout_open:
+        # The reader of our output went away (e.g. `| head`): a normal end. Point stdout at
+        # /dev/null so the interpreter's final flush does not complain.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 # --- ringd cluster -------------------------------------------------------------------------
 
 
@@ -272,6 +421,7 @@ def cluster(
     cluster_name: Annotated[str | None, typer.Option("--cluster-name", help="Cluster name (default: a fresh random one, so it never merges with other daemons).")] = None,
     multicast_port: Annotated[int | None, typer.Option("--multicast-port", help="Multicast port (default: the daemons' default; other clusters' datagrams are dropped by name).")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="Config key passed to every daemon; repeatable.")] = None,
+    prometheus: Annotated[bool, typer.Option("--prometheus", help="Also run Prometheus (Debian package `prometheus`) on 127.0.0.1 scraping every daemon (DIR/prometheus.yml); prints its URL.")] = False,
 ) -> None:
     """Start N local daemons as separate processes, show the membership converge live,
     write DIR/cluster.json, and stop them all on Ctrl-C/SIGTERM (or after --for)."""
@@ -290,6 +440,7 @@ def cluster(
         cluster_name=cluster_name,
         multicast_port=multicast_port,
         extra_settings=tuple(set_ or ()),
+        prometheus=prometheus,
     )
     try:
         code = trio.run(run_cluster, spec)
@@ -305,3 +456,26 @@ from ringd.sim.command import simulate  # noqa: E402
 app.command("simulate", help="Run the Totem core in the seeded deterministic simulator and check EVS.")(
     simulate
 )
+
+
+# --- ringd watch ---------------------------------------------------------------------------
+
+
+@app.command()
+def watch(
+    directory: Annotated[Path | None, typer.Option("--dir", help="A `ringd cluster --dir` directory: one row per daemon of DIR/cluster.json, and the members as the first reachable one sees them.")] = None,
+    socket: Annotated[Path | None, typer.Option("--socket", help=SOCKET_HELP)] = None,
+    interval: Annotated[float, typer.Option("--interval", min=0.1, metavar="SECONDS", help="Refresh interval.")] = 1.0,
+    once: Annotated[bool, typer.Option("--once", help="Print one frame and exit (for scripts); rates since the previous frame then show n/a.")] = False,
+) -> None:
+    """Live view of members, the Totem ring and message rates of one daemon or a local
+    cluster, refreshed in place until Ctrl-C/SIGTERM (exit code 0)."""
+    from ringd.watch import WatchError, WatchSpec, run_watch
+
+    if directory is not None and socket is not None:
+        fail("use either --dir or --socket, not both", 2)
+    try:
+        code = run_watch(WatchSpec(directory=directory, socket=socket, interval_s=interval, once=once))
+    except WatchError as exc:
+        fail(str(exc))
+    raise typer.Exit(code)

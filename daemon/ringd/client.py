@@ -1,11 +1,27 @@
-"""Client of a ringd daemon's control socket: a Trio API and blocking wrappers.
+"""Client of a ringd daemon's unix socket: ordered group messaging and control requests.
 
-Trio::
+Ordered delivery (Trio)::
+
+    async with open_client(path) as ring:          # or: async with await RingClient.connect(path)
+        await ring.join("chat")
+        await ring.send("chat", "hello")           # one frame; a list sends a batch
+        async for ev in ring.events():             # MessageEvent | ConfigEvent | GroupEvent
+            ...
+
+Ordered delivery (blocking, no threads, no Trio)::
+
+    with BlockingRingClient(path) as ring:
+        ring.join("chat")
+        ring.send("chat", b"hello")
+        for ev in ring.events(timeout=1.0):
+            ...
+
+Control requests (Trio)::
 
     async with await ControlClient.connect(path) as client:
         status = await client.request("status")
 
-Blocking (each call runs its own ``trio.run``; do not call from inside Trio)::
+Control requests, blocking (each call runs its own ``trio.run``; not from inside Trio)::
 
     from ringd import client
     client.members(path)   # [{"name", "state", "incarnation", "address", "tags"}, ...]
@@ -15,8 +31,16 @@ Every error is a :class:`ClientError` whose ``str()`` is one line.
 
 from __future__ import annotations
 
+import base64
+import collections
 import errno
+import itertools
 import os
+import socket as stdlib_socket
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -55,9 +79,30 @@ class DaemonTimeout(ClientError):
     """The daemon did not answer in time."""
 
 
+class TryAgain(RequestFailed):
+    """``send(..., wait=False)`` found the daemon's ordered queue full; retry later."""
+
+
+class ConnectionLost(ClientError):
+    """The daemon closed the connection: it exited, or dropped us (e.g. we read too slowly)."""
+
+
 def resolve_socket(path: str | Path | None) -> Path:
     """``None`` → the default daemon's socket."""
     return Path(path) if path else default_socket_path()
+
+
+def _connect_error(sock_path: Path, exc: OSError) -> ClientError:
+    """The ClientError for a failed connect to ``sock_path``."""
+    if isinstance(exc, FileNotFoundError):
+        return DaemonNotRunning(sock_path, "no such socket")
+    if isinstance(exc, ConnectionRefusedError):
+        return DaemonNotRunning(sock_path, "connection refused")
+    if isinstance(exc, PermissionError):
+        return ClientError(f"permission denied on control socket {sock_path}")
+    if exc.errno in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTSOCK):
+        return DaemonNotRunning(sock_path, exc.strerror or "")
+    return ClientError(f"cannot connect to {sock_path}: {exc.strerror or exc}")
 
 
 class ControlClient:
@@ -75,16 +120,8 @@ class ControlClient:
         sock_path = resolve_socket(path)
         try:
             stream = await trio.open_unix_socket(os.fspath(sock_path))
-        except FileNotFoundError:
-            raise DaemonNotRunning(sock_path, "no such socket") from None
-        except ConnectionRefusedError:
-            raise DaemonNotRunning(sock_path, "connection refused") from None
-        except PermissionError:
-            raise ClientError(f"permission denied on control socket {sock_path}") from None
         except OSError as exc:
-            if exc.errno in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTSOCK):
-                raise DaemonNotRunning(sock_path, exc.strerror or "") from None
-            raise ClientError(f"cannot connect to {sock_path}: {exc.strerror or exc}") from None
+            raise _connect_error(sock_path, exc) from None
         return cls(stream, sock_path)
 
     async def __aenter__(self) -> ControlClient:
@@ -208,3 +245,524 @@ async def leave_async(path: str | Path | None = None, *, timeout_s: float = REQU
 def leave(path: str | Path | None = None, *, timeout_s: float = REQUEST_TIMEOUT_S) -> str:
     """Blocking :func:`leave_async`."""
     return trio.run(lambda: leave_async(path, timeout_s=timeout_s))
+
+
+# --- ordered delivery: events ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MessageEvent:
+    """One application message delivered in total order. ``sender`` is the sending node,
+    ``member`` the sending process (``node:pid``); ``seq`` counts delivered messages of
+    all groups on ring ``ring`` (``"seq.rep"``); ``safe``: every ring member has it."""
+
+    group: str
+    sender: str
+    member: str
+    ring: str
+    seq: int
+    data: bytes
+    safe: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MessageBatch:
+    """One delivered send request (a whole event frame): item ``i`` has seq ``first_seq + i``."""
+
+    group: str
+    sender: str
+    member: str
+    ring: str
+    first_seq: int
+    data: tuple[bytes, ...]
+    safe: bool
+
+    def messages(self) -> list[MessageEvent]:
+        """The batch as one :class:`MessageEvent` per item."""
+        return [MessageEvent(self.group, self.sender, self.member, self.ring, self.first_seq + i, item,
+                             self.safe) for i, item in enumerate(self.data)]
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigEvent:
+    """A ring configuration: ``kind`` is ``"transitional"`` (the survivors of the old ring)
+    or ``"regular"`` (the new ring); ``members`` are node names."""
+
+    kind: str
+    ring: str
+    members: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class GroupEvent:
+    """A group's membership changed: ``reason`` is join, leave, disconnect or nodedown."""
+
+    group: str
+    members: tuple[str, ...]
+    joined: tuple[str, ...]
+    left: tuple[str, ...]
+    reason: str
+
+
+Event = MessageEvent | ConfigEvent | GroupEvent
+Batch = MessageBatch | ConfigEvent | GroupEvent
+
+
+def _strs(frame: dict[str, Any], key: str) -> tuple[str, ...]:
+    value = frame[key]
+    if type(value) is not list or not all(type(v) is str for v in value):
+        raise TypeError(key)
+    return tuple(value)
+
+
+def _typed(frame: dict[str, Any], key: str, tp: type) -> Any:
+    value = frame[key]
+    if type(value) is not tp:
+        raise TypeError(key)
+    return value
+
+
+def decode_event(frame: Any) -> Batch:
+    """An event frame (``{"ev": ...}``) as a dataclass; :class:`ProtocolError` if invalid."""
+    try:
+        kind = frame["ev"]
+        if kind == "message":
+            data = frame["data"]
+            if type(data) is not list or not all(type(d) is bytes for d in data):
+                raise TypeError("data")
+            return MessageBatch(_typed(frame, "group", str), _typed(frame, "sender", str),
+                                _typed(frame, "member", str), _typed(frame, "ring", str),
+                                _typed(frame, "seq", int), tuple(data), _typed(frame, "safe", bool))
+        if kind == "config":
+            return ConfigEvent(_typed(frame, "kind", str), _typed(frame, "ring", str), _strs(frame, "members"))
+        if kind == "group":
+            return GroupEvent(_typed(frame, "group", str), _strs(frame, "members"), _strs(frame, "joined"),
+                              _strs(frame, "left"), _typed(frame, "reason", str))
+    except (KeyError, TypeError) as exc:
+        if not isinstance(frame, dict):
+            raise ProtocolError(f"an event frame must be a map, not {type(frame).__name__}") from None
+        raise ProtocolError(f"invalid {frame.get('ev')!r} event frame (field {exc.args[0]!r})") from None
+    raise ProtocolError(f"unknown event type {kind!r}")
+
+
+def expand(batch: Batch) -> list[Event]:
+    """A decoded event frame as the events it holds (a message batch: one per item)."""
+    return batch.messages() if isinstance(batch, MessageBatch) else [batch]
+
+
+def event_json(event: Event) -> dict[str, Any]:
+    """The JSON object ``ringd subscribe`` prints for one event."""
+    if isinstance(event, MessageEvent):
+        out: dict[str, Any] = {"type": "message", "group": event.group, "sender": event.sender,
+                               "ring": event.ring, "seq": event.seq}
+        try:
+            out["data"] = event.data.decode()
+        except UnicodeDecodeError:
+            out["data_b64"] = base64.b64encode(event.data).decode()
+        return out
+    if isinstance(event, ConfigEvent):
+        return {"type": "config", "kind": event.kind, "ring": event.ring, "members": list(event.members)}
+    return {"type": "group", "group": event.group, "members": list(event.members),
+            "joined": list(event.joined), "left": list(event.left), "reason": event.reason}
+
+
+def _items(data: bytes | str | Sequence[bytes | str]) -> list[bytes]:
+    """Message data as a list of bytes (str is encoded as UTF-8)."""
+    if isinstance(data, (bytes, str)):
+        data = [data]
+    out = []
+    for item in data:
+        if isinstance(item, str):
+            out.append(item.encode())
+        elif isinstance(item, (bytes, bytearray, memoryview)):
+            out.append(bytes(item))
+        else:
+            raise TypeError(f"message data must be bytes or str, not {type(item).__name__}")
+    return out
+
+
+def _check_reply(op: str, reply: Any) -> dict[str, Any]:
+    """A reply frame's map if ``ok``; raise the matching ClientError otherwise."""
+    if reply["ok"]:
+        return reply  # type: ignore[no-any-return]
+    error = f"{op}: {reply.get('error', 'unknown error')}"
+    if reply.get("again"):
+        raise TryAgain(error)
+    raise RequestFailed(error)
+
+
+def _plain_reply(reply: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in reply.items() if k not in ("ok", "id")}
+
+
+def _is_reply(frame: Any) -> bool:
+    return isinstance(frame, dict) and isinstance(frame.get("ok"), bool)
+
+
+def _is_event(frame: Any) -> bool:
+    return isinstance(frame, dict) and isinstance(frame.get("ev"), str)
+
+
+# --- ordered delivery: Trio client ---------------------------------------------------------
+
+# Event frames the reader task buffers for the application. When it is full the reader
+# stops reading the socket, so a slow application is eventually dropped by the daemon
+# (which buffers 4096 frames per connection) instead of growing our memory without bound.
+EVENT_FRAMES_BUFFERED = 1024
+
+
+class _Pending:
+    __slots__ = ("done", "reply", "error")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.reply: dict[str, Any] | None = None
+        self.error: ClientError | None = None
+
+
+class RingClient:
+    """One connection to the local daemon for ordered group messaging (Trio).
+
+    Use it as an async context manager: that starts the background task reading the
+    socket. Requests may be made concurrently from several tasks (they are pipelined);
+    events are read by one consumer with :meth:`events` or :meth:`batches`. A client that
+    joined groups must keep reading events, or the daemon drops it.
+    """
+
+    def __init__(self, stream: trio.SocketStream, path: Path,
+                 events_buffered: int = EVENT_FRAMES_BUFFERED) -> None:
+        self._stream = stream
+        self.path = path
+        self._send_lock = trio.Lock()
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}
+        self._events_send, self._events_recv = trio.open_memory_channel[Any](events_buffered)
+        self._exit_stack: AsyncExitStack | None = None
+        self._cancel: trio.CancelScope | None = None
+        self._error: ClientError | None = None  # why the connection ended, if it did
+        self._closing = False
+        self._unsolicited: str | None = None  # an error the daemon sent without an id
+
+    @classmethod
+    async def connect(cls, path: str | Path | None = None) -> RingClient:
+        """Connect to the daemon at ``path`` (default socket if None); enter it with ``async with``."""
+        sock_path = resolve_socket(path)
+        try:
+            stream = await trio.open_unix_socket(os.fspath(sock_path))
+        except OSError as exc:
+            raise _connect_error(sock_path, exc) from None
+        return cls(stream, sock_path)
+
+    async def __aenter__(self) -> RingClient:
+        stack = AsyncExitStack()
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        self._exit_stack = stack
+        self._cancel = nursery.cancel_scope
+        nursery.start_soon(self._read_loop)
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection (the daemon drops our group memberships) and stop the reader."""
+        self._closing = True
+        if self._cancel is not None:
+            self._cancel.cancel()
+        if self._exit_stack is not None:
+            stack, self._exit_stack = self._exit_stack, None
+            # The reader never raises, so the nursery exits cleanly; the body's own
+            # exception (if any) propagates unwrapped from our caller's `async with`.
+            await stack.aclose()
+        await self._stream.aclose()
+
+    # --- requests ---------------------------------------------------------------------
+
+    async def request(self, op: str, **fields: Any) -> dict[str, Any]:
+        """Send ``{"op": op, **fields}`` and return the reply map (``ok`` true), else raise
+        :class:`RequestFailed` (:class:`TryAgain` for a full queue) or :class:`ConnectionLost`."""
+        if self._exit_stack is None:
+            raise ClientError("RingClient is not open: use `async with`")
+        if self._error is not None:
+            raise self._error
+        request_id = next(self._ids)
+        try:
+            frame = pack_frame({"op": op, "id": request_id, **fields})
+        except ValueError as exc:
+            raise ClientError(f"{op}: {exc}") from None
+        pending = self._pending[request_id] = _Pending()
+        try:
+            async with self._send_lock:
+                try:
+                    await self._stream.send_all(frame)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    raise self._lost() from None
+            await pending.done.wait()
+        finally:
+            del self._pending[request_id]
+        if pending.error is not None:
+            raise pending.error
+        assert pending.reply is not None
+        return _check_reply(op, pending.reply)
+
+    async def join(self, group: str, *, self_discard: bool = False) -> str:
+        """Join ``group``; returns our member id ``node:pid``. With ``self_discard`` our own
+        messages to the group are not delivered back to us."""
+        reply = await self.request("group_join", group=group, self_discard=self_discard)
+        return str(reply.get("member", ""))
+
+    async def leave(self, group: str) -> None:
+        """Leave ``group``."""
+        await self.request("group_leave", group=group)
+
+    async def send(self, group: str, data: bytes | str | Sequence[bytes | str], *,
+                   safe: bool = False, wait: bool = True) -> int:
+        """Send one message, or a list of messages as one request (delivered consecutively),
+        to every member of ``group`` in total order (we need not be a member). Returns once
+        the daemon queued them (``safe``: once every ring member has them); returns the count.
+        With ``wait=False`` a full queue raises :class:`TryAgain` instead of waiting."""
+        reply = await self.request("send", group=group, data=_items(data), safe=safe, wait=wait)
+        return int(reply.get("count", 0))
+
+    async def members(self, group: str | None = None) -> dict[str, list[str]]:
+        """Members (``node:pid``) of ``group``, or of every group, as the ring agreed them."""
+        fields = {} if group is None else {"group": group}
+        groups = (await self.request("group_members", **fields)).get("groups")
+        if not isinstance(groups, dict):
+            raise ProtocolError("group_members reply without groups")
+        return groups
+
+    async def ring(self) -> dict[str, Any]:
+        """The Totem ring: ``state``, ``ring`` id, ``members``, ``held_out`` (flapping) nodes."""
+        return _plain_reply(await self.request("ring"))
+
+    async def status(self) -> dict[str, Any]:
+        """The daemon's status object (as ``ringd status --json``)."""
+        return _plain_reply(await self.request("status"))
+
+    # --- events -----------------------------------------------------------------------
+
+    async def batches(self) -> AsyncIterator[Batch]:
+        """Event frames as they arrive: a :class:`MessageBatch` per delivered send request
+        (cheaper than :meth:`events` for fast consumers), or a config/group event. Ends
+        when we close the client; raises :class:`ConnectionLost` if the daemon closed."""
+        while True:
+            try:
+                frame = await self._events_recv.receive()
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                if self._error is not None and not self._closing:
+                    raise self._error from None
+                return
+            yield decode_event(frame)
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Every event in delivery order, one :class:`MessageEvent` per message."""
+        async for batch in self.batches():
+            for event in expand(batch):
+                yield event
+
+    # --- the reader task --------------------------------------------------------------
+
+    def _lost(self) -> ClientError:
+        if self._error is None:
+            why = f": {self._unsolicited}" if self._unsolicited else ""
+            self._error = ConnectionLost(f"daemon at {self.path} closed the connection{why}")
+        return self._error
+
+    async def _read_loop(self) -> None:
+        reader = FrameReader()
+        try:
+            while True:
+                try:
+                    data = await self._stream.receive_some(READ_BYTES_MAX)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
+                if not data:
+                    self._lost()
+                    return
+                for frame in reader.feed(data):
+                    if _is_event(frame):
+                        await self._events_send.send(frame)  # full: stop reading (backpressure)
+                    elif _is_reply(frame):
+                        pending = self._pending.get(frame.get("id"))  # type: ignore[arg-type]
+                        if pending is not None:
+                            pending.reply = frame
+                            pending.done.set()
+                        elif not frame["ok"]:  # e.g. "too many connections", before closing
+                            self._unsolicited = str(frame.get("error"))
+                    else:
+                        self._error = ProtocolError(f"daemon at {self.path} sent an unexpected frame")
+                        return
+        except WireError as exc:
+            self._error = ProtocolError(f"daemon at {self.path} sent a malformed frame: {exc}")
+        finally:
+            error = self._lost()
+            for pending in self._pending.values():
+                pending.error = error
+                pending.done.set()
+            self._events_send.close()
+
+
+@asynccontextmanager
+async def open_client(path: str | Path | None = None) -> AsyncIterator[RingClient]:
+    """``async with open_client(path) as ring:`` -- a connected, running :class:`RingClient`."""
+    async with await RingClient.connect(path) as ring:
+        yield ring
+
+
+# --- ordered delivery: blocking client -----------------------------------------------------
+
+# Event frames a BlockingRingClient keeps while the application is busy with requests.
+BLOCKING_EVENT_FRAMES_MAX = 65536
+
+
+class BlockingRingClient:
+    """:class:`RingClient`'s API as plain blocking calls on a stdlib socket (no threads,
+    no Trio). Events that arrive while waiting for a reply are kept for :meth:`events`."""
+
+    def __init__(self, path: str | Path | None = None, *, timeout_s: float | None = None) -> None:
+        """Connect to the daemon at ``path``; ``timeout_s`` bounds each request (None: wait)."""
+        self.path = resolve_socket(path)
+        self.timeout_s = timeout_s
+        self._sock = stdlib_socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
+        try:
+            self._sock.connect(os.fspath(self.path))
+        except OSError as exc:
+            self._sock.close()
+            raise _connect_error(self.path, exc) from None
+        self._reader = FrameReader()
+        self._ids = itertools.count(1)
+        self._replies: dict[int, dict[str, Any]] = {}
+        self._events: collections.deque[Any] = collections.deque()
+        self._expanded: collections.deque[Event] = collections.deque()
+        self._error: ClientError | None = None
+        self._unsolicited: str | None = None
+
+    def __enter__(self) -> BlockingRingClient:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection (the daemon drops our group memberships)."""
+        self._sock.close()
+
+    def request(self, op: str, **fields: Any) -> dict[str, Any]:
+        """Send ``{"op": op, **fields}`` and return the reply map (``ok`` true), else raise."""
+        request_id = next(self._ids)
+        try:
+            frame = pack_frame({"op": op, "id": request_id, **fields})
+        except ValueError as exc:
+            raise ClientError(f"{op}: {exc}") from None
+        self._check_open()
+        self._sock.settimeout(self.timeout_s)
+        try:
+            self._sock.sendall(frame)
+        except TimeoutError:
+            raise DaemonTimeout(f"daemon at {self.path} did not take {op!r} within {self.timeout_s:g} s") from None
+        except OSError:
+            raise self._lost() from None
+        deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
+        while request_id not in self._replies:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise DaemonTimeout(f"daemon at {self.path} did not answer {op!r} within {self.timeout_s:g} s")
+            self._receive(None if deadline is None else max(deadline - time.monotonic(), 0.0))
+        return _check_reply(op, self._replies.pop(request_id))
+
+    def join(self, group: str, *, self_discard: bool = False) -> str:
+        """See :meth:`RingClient.join`."""
+        return str(self.request("group_join", group=group, self_discard=self_discard).get("member", ""))
+
+    def leave(self, group: str) -> None:
+        """See :meth:`RingClient.leave`."""
+        self.request("group_leave", group=group)
+
+    def send(self, group: str, data: bytes | str | Sequence[bytes | str], *,
+             safe: bool = False, wait: bool = True) -> int:
+        """See :meth:`RingClient.send`."""
+        reply = self.request("send", group=group, data=_items(data), safe=safe, wait=wait)
+        return int(reply.get("count", 0))
+
+    def members(self, group: str | None = None) -> dict[str, list[str]]:
+        """See :meth:`RingClient.members`."""
+        groups = self.request("group_members", **({} if group is None else {"group": group})).get("groups")
+        if not isinstance(groups, dict):
+            raise ProtocolError("group_members reply without groups")
+        return groups
+
+    def ring(self) -> dict[str, Any]:
+        """See :meth:`RingClient.ring`."""
+        return _plain_reply(self.request("ring"))
+
+    def status(self) -> dict[str, Any]:
+        """The daemon's status object."""
+        return _plain_reply(self.request("status"))
+
+    def batches(self, timeout: float | None = None) -> Iterator[Batch]:
+        """Event frames (see :meth:`RingClient.batches`); stops after ``timeout`` seconds
+        without an event (None: never). Raises :class:`ConnectionLost` if the daemon closed."""
+        while True:
+            while self._events:
+                yield decode_event(self._events.popleft())
+            if not self._receive(timeout):
+                return
+
+    def events(self, timeout: float | None = None) -> Iterator[Event]:
+        """Every event in delivery order, one :class:`MessageEvent` per message; stops after
+        ``timeout`` seconds without an event (None: never)."""
+        while True:
+            while self._expanded:
+                yield self._expanded.popleft()
+            while self._events:
+                self._expanded.extend(expand(decode_event(self._events.popleft())))
+            if self._expanded:
+                continue
+            if not self._receive(timeout):
+                return
+
+    def _check_open(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _lost(self) -> ClientError:
+        if self._error is None:
+            why = f": {self._unsolicited}" if self._unsolicited else ""
+            self._error = ConnectionLost(f"daemon at {self.path} closed the connection{why}")
+        return self._error
+
+    def _receive(self, timeout: float | None) -> bool:
+        """Read once from the socket and file the frames; False if ``timeout`` passed first."""
+        self._check_open()
+        self._sock.settimeout(timeout)
+        try:
+            data = self._sock.recv(READ_BYTES_MAX)
+        except TimeoutError:
+            return False
+        except OSError:
+            raise self._lost() from None
+        if not data:
+            raise self._lost()
+        try:
+            frames = self._reader.feed(data)
+        except WireError as exc:
+            self._error = ProtocolError(f"daemon at {self.path} sent a malformed frame: {exc}")
+            raise self._error from None
+        for frame in frames:
+            if _is_event(frame):
+                if len(self._events) >= BLOCKING_EVENT_FRAMES_MAX:
+                    self._error = ClientError(f"more than {BLOCKING_EVENT_FRAMES_MAX} unread event frames: "
+                                              "read events() or leave the group")
+                    raise self._error
+                self._events.append(frame)
+            elif _is_reply(frame):
+                if isinstance(frame.get("id"), int):
+                    self._replies[frame["id"]] = frame
+                elif not frame["ok"]:
+                    self._unsolicited = str(frame.get("error"))
+            else:
+                self._error = ProtocolError(f"daemon at {self.path} sent an unexpected frame")
+                raise self._error
+        return True

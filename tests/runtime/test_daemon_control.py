@@ -80,7 +80,7 @@ async def test_replies_and_socket_file_lifecycle(short_tmp: Path) -> None:
     path = short_tmp / "run" / "ctl.sock"
     async with trio.open_nursery() as nursery:
         server, daemon = await _serving(path, nursery)
-        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o660
         assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700
 
         async with await ControlClient.connect(path) as ctl:

@@ -1,9 +1,19 @@
 """The control socket: a unix stream socket speaking length-prefixed CBOR frames.
 
-Request ``{"op": str, ...}``; reply ``{"ok": True, ...}`` or ``{"ok": False, "error": str}``.
-Ops: ``status``, ``members``, ``leave``. Handlers read core state directly (one Trio
-thread, no await between reads); anything that changes the daemon goes through the
-inbox as an event, so the driver loop stays the only caller of ``core.handle``.
+Request ``{"op": str, "id"?: int, ...}``; reply ``{"ok": True, ...}`` or
+``{"ok": False, "error": str}``, echoing ``id``. Events (group messages and views) carry
+``"ev"`` and no ``"ok"``.
+
+Control ops (``status``, ``members``, ``leave``, ``tags``, ``event``, ``events``) are
+answered here: handlers read core state directly (one Trio thread, no await between
+reads); anything that changes the daemon goes through the inbox as an event, so the driver
+loop stays the only caller of ``core.handle``. Client API ops (``group_join``,
+``group_leave``, ``send``, ``group_members``, ``ring``) are validated here and handed to the
+driver as :class:`~ringd.runtime.api_types.ApiRequest`, one outstanding per connection.
+
+Every connection has a bounded outgoing buffer drained by its own writer task, so the
+driver pushes events without blocking; a client that stops reading is dropped when its
+buffer fills (``ControlStats.slow_dropped``) and nobody else slows down.
 """
 
 from __future__ import annotations
@@ -12,10 +22,12 @@ import collections
 import dataclasses
 import enum
 import errno
+import itertools
 import logging
 import os
 import socket as stdlib_socket
 import stat
+import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +37,7 @@ import trio
 
 import ringd
 from ringd.core.events import Input, SendUserEvent, SetTags
+from ringd.runtime.api_types import ApiConnection, ApiDisconnect, ApiRequest
 from ringd.wire import FrameReader, WireError, pack_frame
 
 if TYPE_CHECKING:
@@ -32,13 +45,26 @@ if TYPE_CHECKING:
 
 # Concurrent control connections; more are answered with an error and closed.
 CONTROL_CONNECTIONS_MAX = 64
-# Largest control request; requests are small maps, so a huge length prefix is an error.
-CONTROL_FRAME_BYTES_MAX = 1 << 20
+# Application data in one send request (all items together).
+API_SEND_BYTES_MAX = 1 << 20
+# Largest request frame: a full send plus its map and per-item overhead. Control ops are
+# bounded by their own checks (tags, events), so a bigger length prefix is an error.
+CONTROL_FRAME_BYTES_MAX = 2 * API_SEND_BYTES_MAX + (64 << 10)
+# A group name is an identifier, not data.
+GROUP_NAME_BYTES_MAX = 255
+# The writer task coalesces queued frames into one send_all of about this many bytes.
+WRITE_BATCH_BYTES = 256 << 10
+# After the client's side ended (or a malformed frame), queued frames get this long to go out.
+CLOSE_FLUSH_TIMEOUT_S = 2.0
 # Bytes read from a control connection at a time.
 CONTROL_READ_BYTES_MAX = 65536
 # A user event rides in gossip piggyback space, so it must stay small (Serf: 512 B).
 USER_EVENT_BYTES_MAX = 512
-KNOWN_OPS = ("status", "members", "leave", "tags", "event", "events")
+# Ops handed to the driver as ApiRequest (ordered delivery, groups).
+API_OPS = ("group_join", "group_leave", "send", "group_members", "ring")
+KNOWN_OPS = ("status", "members", "leave", "tags", "event", "events", *API_OPS)
+# struct ucred {pid_t pid; uid_t uid; gid_t gid;} of SO_PEERCRED (Linux).
+_UCRED = struct.Struct("iII")
 # How long we wait for an existing socket to answer before calling it stale.
 PROBE_TIMEOUT_S = 1.0
 
@@ -53,6 +79,9 @@ class ControlStats:
 
     connections_total: int = 0
     connections_rejected: int = 0
+    connections_open: int = 0
+    subscribers: int = 0  # connections that are members of >= 1 group (set by the driver)
+    slow_dropped: int = 0  # connections closed because their outgoing buffer filled up
     requests: collections.Counter[str] = field(default_factory=collections.Counter)
     errors: collections.Counter[str] = field(default_factory=collections.Counter)
 
@@ -96,7 +125,32 @@ def status_reply(daemon: Daemon) -> dict[str, Any]:
         "transport": plain(daemon.transport.stats),
         "gossip": plain(core.stats),
         "control": plain(daemon.control_stats),
+        **_ordered_delivery_status(daemon),
     }
+
+
+def _ordered_delivery_status(daemon: Daemon) -> dict[str, Any]:
+    """The "totem" and "groups" parts of status, when the daemon runs them."""
+    out: dict[str, Any] = {}
+    # daemon.totem / daemon.groups, or the same on the daemon's ordered-delivery driver.
+    where = daemon if hasattr(daemon, "totem") else getattr(daemon, "ordering", None)
+    totem = getattr(where, "totem", None)
+    if totem is not None:
+        out["totem"] = {
+            "state": plain(totem.state),
+            "ring": str(totem.ring_id),
+            "members": list(totem.members),
+            "held_out": sorted(totem.flaps.held(trio.current_time())),
+            "stats": plain(totem.stats),
+        }
+    groups = getattr(where, "groups", None)
+    if groups is not None:
+        out["groups"] = {
+            "groups": groups.members(),
+            "subscribers": groups.subscribers(),
+            "stats": plain(groups.stats),
+        }
+    return out
 
 
 def _own_address(daemon: Daemon) -> str:
@@ -133,9 +187,11 @@ class ControlServer:
         self._sock: trio.socket.SocketType | None = None
         self._inode: int | None = None
         self._limiter = trio.CapacityLimiter(CONTROL_CONNECTIONS_MAX)
+        self._conn_ids = itertools.count(1)
 
     async def bind(self) -> None:
-        """Create the parent directory (0700) and the listening socket (0600)."""
+        """Create the parent directory (0700) and the listening socket (0660: the owner's
+        group may run client applications)."""
         path = self.path
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -147,7 +203,7 @@ class ControlServer:
         sock = trio.socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
         try:
             await sock.bind(os.fspath(path))
-            os.chmod(path, 0o600)
+            os.chmod(path, 0o660)
             sock.listen(16)
         except OSError as exc:
             sock.close()
@@ -213,13 +269,73 @@ class ControlServer:
                 await _send(stream, {"ok": False, "error": "too many control connections"})
                 return
             try:
-                await self._serve_requests(daemon, stream)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
-                pass  # the client went away; nothing to clean up
+                await self._serve_connection(daemon, stream)
             finally:
                 self._limiter.release()
 
-    async def _serve_requests(self, daemon: Daemon, stream: trio.SocketStream) -> None:
+    async def _serve_connection(self, daemon: Daemon, stream: trio.SocketStream) -> None:
+        scope = trio.CancelScope()
+
+        def overflow(conn: ApiConnection) -> None:
+            self.stats.slow_dropped += 1
+            self.log.warning("dropping client connection %d (pid %d): it does not read its events",
+                             conn.conn, conn.pid)
+            scope.cancel()
+
+        conn = ApiConnection(next(self._conn_ids), _peer_pid(stream), overflow)
+        # Stand-in daemons of older tests have no registry; the real one always does.
+        registry: dict[int, ApiConnection] | None = getattr(daemon, "api_connections", None)
+        if registry is not None:
+            registry[conn.conn] = conn
+        self.stats.connections_open += 1
+        try:
+            with scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._write_frames, conn, stream)
+                    await self._serve_requests(daemon, conn, stream)
+                    # Our side is done reading: let the writer send what is queued (e.g. the
+                    # error about a malformed frame), but not forever.
+                    conn.close()
+                    conn.outgoing_send.close()
+                    nursery.cancel_scope.deadline = trio.current_time() + CLOSE_FLUSH_TIMEOUT_S
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
+            pass  # the client went away
+        finally:
+            conn.close()
+            self.stats.connections_open -= 1
+            if registry is not None:
+                registry.pop(conn.conn, None)
+            if conn.made_requests:  # only then can the driver hold state for it
+                # Not shielded: only a daemon shutdown cancels us here, and then the
+                # memberships go away with the daemon anyway.
+                await _put_disconnect(daemon, conn)
+
+    async def _write_frames(self, conn: ApiConnection, stream: trio.SocketStream) -> None:
+        """Drain the connection's outgoing buffer into the socket, several frames per write."""
+        recv = conn.outgoing_recv
+        async for item in recv:
+            chunks: list[bytes] = []
+            size = 0
+            while True:
+                frame, pushed_bytes = item
+                conn.written(pushed_bytes)
+                try:
+                    data = pack_frame(frame)
+                except ValueError as exc:  # a bug in whoever built the frame
+                    self.log.error("dropping a frame for connection %d: %s", conn.conn, exc)
+                    data = b""
+                chunks.append(data)
+                size += len(data)
+                if size >= WRITE_BATCH_BYTES:
+                    break
+                try:
+                    item = recv.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            if chunks:
+                await stream.send_all(b"".join(chunks))
+
+    async def _serve_requests(self, daemon: Daemon, conn: ApiConnection, stream: trio.SocketStream) -> None:
         reader = FrameReader(CONTROL_FRAME_BYTES_MAX)
         while True:
             data = await stream.receive_some(CONTROL_READ_BYTES_MAX)
@@ -229,13 +345,58 @@ class ControlServer:
                 requests = reader.feed(data)
             except WireError as exc:
                 self.stats.errors["malformed"] += 1
-                await _send(stream, {"ok": False, "error": f"malformed frame: {exc}"})
+                conn.push({"ok": False, "error": f"malformed frame: {exc}"})
                 return  # the byte stream cannot be resynchronised
             for request in requests:
-                reply, after = self._dispatch(daemon, request)
-                await _send(stream, reply)
-                if after is not None:
-                    await after()
+                await self._handle_request(daemon, conn, request)
+
+    async def _handle_request(self, daemon: Daemon, conn: ApiConnection, request: Any) -> None:
+        """Answer one request; an API request waits here until the driver replied, so a
+        connection has at most one outstanding ApiRequest."""
+        request_id = request.get("id") if isinstance(request, dict) else None
+        if request_id is not None and type(request_id) is not int:
+            self.stats.errors["bad_request"] += 1
+            conn.push({"ok": False, "error": "'id' must be an integer"})
+            return
+
+        def answer(reply: dict[str, Any]) -> None:
+            if request_id is not None:
+                reply = {**reply, "id": request_id}
+            conn.push(reply)
+
+        op = request.get("op") if isinstance(request, dict) else None
+        if op not in API_OPS:
+            reply, after = self._dispatch(daemon, request)
+            answer(reply)
+            if after is not None:
+                # `leave`: the writer sends the reply long before the daemon has left.
+                await after()
+            return
+        assert isinstance(request, dict) and isinstance(op, str)
+        if getattr(daemon, "api_connections", None) is None:  # no driver for API requests
+            self.stats.errors["unsupported"] += 1
+            answer({"ok": False, "error": f"{op}: this daemon does not run ordered delivery"})
+            return
+        try:
+            normalised = validate_api_request(op, request)
+        except BadRequest as exc:
+            self.stats.errors["bad_request"] += 1
+            answer({"ok": False, "error": str(exc)})
+            return
+        self.stats.requests[op] += 1
+        replied = trio.Event()
+
+        def reply(frame: dict[str, Any]) -> None:
+            if replied.is_set():
+                self.log.error("second reply to %s on connection %d ignored", op, conn.conn)
+                return
+            replied.set()
+            answer(frame)
+
+        conn.made_requests = True
+        await daemon.inbox_send.send(ApiRequest(conn=conn.conn, pid=conn.pid, op=op,
+                                                request=normalised, reply=reply))
+        await replied.wait()
 
     def _dispatch(
         self, daemon: Daemon, request: Any
@@ -307,3 +468,74 @@ class ControlServer:
 
 async def _send(stream: trio.SocketStream, obj: Any) -> None:
     await stream.send_all(pack_frame(obj))
+
+
+async def _put_disconnect(daemon: Daemon, conn: ApiConnection) -> None:
+    try:
+        await daemon.inbox_send.send(ApiDisconnect(conn=conn.conn))
+    except (trio.ClosedResourceError, trio.BrokenResourceError):
+        pass  # the daemon is shutting down
+
+
+def _peer_pid(stream: trio.SocketStream) -> int:
+    """The client's process id from SO_PEERCRED (0 where the OS does not tell)."""
+    option = getattr(stdlib_socket, "SO_PEERCRED", None)
+    if option is None:
+        return 0
+    try:
+        creds = stream.socket.getsockopt(stdlib_socket.SOL_SOCKET, option, _UCRED.size)
+    except OSError:
+        return 0
+    pid, _uid, _gid = _UCRED.unpack(creds)
+    return int(pid)
+
+
+class BadRequest(Exception):
+    """A client API request that cannot be accepted; ``str()`` is one line."""
+
+
+def _group_name(request: dict[str, Any], op: str, *, optional: bool = False) -> str | None:
+    group = request.get("group")
+    if group is None and optional:
+        return None
+    if not isinstance(group, str) or not group:
+        raise BadRequest(f"{op}: 'group' must be a non-empty string")
+    if len(group.encode()) > GROUP_NAME_BYTES_MAX:
+        raise BadRequest(f"{op}: group name longer than {GROUP_NAME_BYTES_MAX} bytes")
+    return group
+
+
+def _flag(request: dict[str, Any], op: str, key: str) -> bool:
+    value = request.get(key, False)
+    if type(value) is not bool:
+        raise BadRequest(f"{op}: {key!r} must be a bool")
+    return value
+
+
+def validate_api_request(op: str, request: dict[str, Any]) -> dict[str, Any]:
+    """The request of a client API op, checked and normalised (defaults filled in, a single
+    ``data`` bytes value wrapped in a list); :class:`BadRequest` otherwise."""
+    if op == "group_join":
+        return {"op": op, "group": _group_name(request, op),
+                "self_discard": _flag(request, op, "self_discard")}
+    if op == "group_leave":
+        return {"op": op, "group": _group_name(request, op)}
+    if op == "send":
+        group = _group_name(request, op)
+        data = request.get("data")
+        if type(data) is bytes:
+            data = [data]
+        if type(data) is not list or not all(type(item) is bytes for item in data):
+            raise BadRequest("send: 'data' must be bytes or a list of bytes")
+        if not data:
+            raise BadRequest("send: 'data' holds no message")
+        size = sum(map(len, data))
+        if size > API_SEND_BYTES_MAX:
+            raise BadRequest(f"send: {size} bytes of data exceed {API_SEND_BYTES_MAX} per request")
+        return {"op": op, "group": group, "data": data, "safe": _flag(request, op, "safe"),
+                "wait": _flag(request, op, "wait") if "wait" in request else True}
+    if op == "group_members":
+        return {"op": op, "group": _group_name(request, op, optional=True)}
+    if op == "ring":
+        return {"op": op}
+    raise BadRequest(f"unknown op {op!r}")

@@ -37,8 +37,10 @@ from ringd.core.events import (
 )
 from ringd.core.gossip import GossipCore
 from ringd.messages import Address
+from ringd.runtime.api_types import ApiConnection, ApiDisconnect, ApiRequest
 from ringd.runtime.control import ControlServer, ControlSocketError, ControlStats
 from ringd.runtime.logs import level_number, setup_logging
+from ringd.runtime.ordering import TOTEM_MESSAGE_TYPES, OrderedDelivery
 from ringd.runtime.udp import UdpTransport, open_udp_transport
 from ringd.wire import Codec, KeyFileError, load_key
 
@@ -130,7 +132,38 @@ class Daemon:
         self.view_changed_wall = self.started_wall
         # Recent gossip user events, for `ringd events` style queries; bounded on purpose.
         self.recent_events: collections.deque[dict[str, object]] = collections.deque(maxlen=RECENT_EVENTS_MAX)
+        # Client connections of the API, registered by the control server.
+        self.api_connections: dict[int, ApiConnection] = {}
+        self.ordering = OrderedDelivery(cfg=cfg, transport=transport, codec=codec,
+                                        api_connections=self.api_connections,
+                                        control_stats=control_stats, log=log,
+                                        now=trio.current_time())
         self._nursery: trio.Nursery | None = None
+
+    # Read by metrics and status: the ordering side of the daemon.
+    @property
+    def totem(self):  # type: ignore[no-untyped-def]
+        return self.ordering.totem
+
+    @property
+    def groups(self):  # type: ignore[no-untyped-def]
+        return self.ordering.groups
+
+    @property
+    def latency_agreed(self):  # type: ignore[no-untyped-def]
+        return self.ordering.latency_agreed
+
+    @property
+    def latency_safe(self):  # type: ignore[no-untyped-def]
+        return self.ordering.latency_safe
+
+    @property
+    def ring_changed_wall(self) -> float:
+        return self.ordering.ring_changed_wall
+
+    def ring_info(self) -> dict[str, object]:
+        """Totem state, ring id, ring members and held-out (flapping) members, for status."""
+        return self.ordering.ring_info(trio.current_time())
 
     @property
     def uptime_s(self) -> float:
@@ -160,20 +193,51 @@ class Daemon:
     # --- the driver loop ----------------------------------------------------------------
 
     async def drive(self) -> int:
-        """Feed inbox events and timer ticks to the core; execute its effects. Returns the
-        exit code when the core says we are done (LeaveDone) or cannot go on (Fatal)."""
+        """Feed inbox events and timer ticks to the cores; execute their effects. Returns the
+        exit code when the gossip core says we are done (LeaveDone) or cannot go on (Fatal)."""
         core = self.core
+        ordering = self.ordering
+        inbox = self.inbox_recv
         # Our own multicast comes back from the kernel with our bound address as source
         # (or the advertised one when bound to a wildcard address).
         own = {self.transport.local_address, self.own_address}
-        done = await self.execute(core.handle(Start(), trio.current_time()))
+        now = trio.current_time()
+        done = await self.execute(core.handle(Start(), now))
+        await ordering.tick(now)
         while done is None:
-            event: Input = Tick()
-            with trio.move_on_at(core.next_deadline()):
-                event = await self.inbox_recv.receive()
-            if isinstance(event, Received) and event.source in own:
-                continue  # our own multicast, looped back by the kernel
-            done = await self.execute(core.handle(event, trio.current_time()))
+            now = trio.current_time()
+            gossip_at = core.next_deadline()
+            totem_at = ordering.next_deadline()
+            if gossip_at <= now:
+                done = await self.execute(core.handle(Tick(), now))
+                continue
+            if totem_at <= now:
+                await ordering.tick(now)
+                continue
+            # Drain without a cancel scope per event; block only when the inbox is empty.
+            try:
+                event = inbox.receive_nowait()
+            except trio.WouldBlock:
+                event = None
+                with trio.move_on_at(min(gossip_at, totem_at)):
+                    event = await inbox.receive()
+                if event is None:
+                    continue
+                now = trio.current_time()
+            tp = type(event)
+            if tp is Received:
+                if event.source in own:  # type: ignore[union-attr]
+                    continue  # our own multicast, looped back by the kernel
+                if type(event.msg) in TOTEM_MESSAGE_TYPES:  # type: ignore[union-attr]
+                    await ordering.received(event, now)  # type: ignore[arg-type]
+                    continue
+            elif tp is ApiRequest:
+                await ordering.api_request(event, now)  # type: ignore[arg-type]
+                continue
+            elif tp is ApiDisconnect:
+                await ordering.api_disconnect(event, now)  # type: ignore[arg-type]
+                continue
+            done = await self.execute(core.handle(event, now))
             if core.incarnation != self.persisted_incarnation:
                 self.persist_incarnation()
         return done
@@ -202,6 +266,7 @@ class Daemon:
                     self.log.info("%s", describe_member_change(effect))
                     if effect.old_state != effect.new_state:
                         self.view_changed_wall = time.time()
+                    await self.ordering.member_changed(effect, trio.current_time())
                 case Log(level=level, text=text, fields=fields):
                     extra = "".join(f" {k}={v}" for k, v in fields.items())
                     self.log.log(level_number(level), "%s%s", text, extra)

@@ -1,0 +1,203 @@
+"""The ordered-delivery client library (Trio RingClient and BlockingRingClient) against the
+real control server with a fake driver (fake_api.py)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+
+import pytest
+import trio
+from fake_api import NODE, RING, serving
+
+from ringd import client
+from ringd.client import (
+    BlockingRingClient,
+    ConfigEvent,
+    ConnectionLost,
+    DaemonNotRunning,
+    GroupEvent,
+    MessageBatch,
+    MessageEvent,
+    RequestFailed,
+    RingClient,
+    TryAgain,
+    decode_event,
+    event_json,
+    open_client,
+)
+from ringd.runtime import api_types
+
+ME = f"{NODE}:{os.getpid()}"
+
+
+async def test_trio_client_join_send_and_events(short_tmp: Path) -> None:
+    async with serving(short_tmp / "api.sock") as s, open_client(s.path) as ring:
+        assert await ring.join("chat") == ME
+        assert await ring.send("chat", "héllo") == 1  # str is sent as UTF-8
+        assert await ring.send("chat", [b"a", "b", b"c"], safe=True) == 3  # one request, one frame
+        assert [r.request["data"] for r in s.driver.requests if r.op == "send"] == [
+            ["héllo".encode()], [b"a", b"b", b"c"]]
+        got = []
+        async for event in ring.events():
+            got.append(event)
+            if len(got) == 5:
+                break
+        assert got[0] == GroupEvent(group="chat", members=(ME,), joined=(ME,), left=(), reason="join")
+        assert got[1] == MessageEvent("chat", NODE, ME, RING, 0, "héllo".encode(), False)
+        assert [(e.seq, e.data, e.safe) for e in got[2:]] == [(1, b"a", True), (2, b"b", True), (3, b"c", True)]
+        assert await ring.members() == {"chat": [ME]}
+        assert await ring.members("none") == {"none": []}
+        assert (await ring.ring()) == {"state": "operational", "ring": RING, "members": [NODE], "held_out": []}
+
+
+async def test_trio_client_batches_errors_and_pipelining(short_tmp: Path) -> None:
+    async with serving(short_tmp / "api.sock") as s, await RingClient.connect(s.path) as ring:
+        await ring.join("g", self_discard=False)
+        with pytest.raises(TryAgain, match="again"):
+            await ring.send("full", b"x", wait=False)
+        with pytest.raises(RequestFailed, match="group_join: 'group' must be a non-empty string"):
+            await ring.join("")
+        counts: list[int] = []
+
+        async def one(i: int) -> None:
+            counts.append(await ring.send("g", [b"%d" % i] * (i + 1)))
+
+        async with trio.open_nursery() as nursery:  # 20 requests in flight on one connection
+            for i in range(20):
+                nursery.start_soon(one, i)
+        assert sorted(counts) == list(range(1, 21))
+        frames = []
+        async for batch in ring.batches():
+            frames.append(batch)
+            if len(frames) == 21:
+                break
+        assert isinstance(frames[0], GroupEvent)
+        batches = frames[1:]
+        assert all(isinstance(b, MessageBatch) for b in batches)
+        assert sum(len(b.data) for b in batches) == sum(range(1, 21))
+        seqs = [m.seq for b in batches for m in b.messages()]  # type: ignore[union-attr]
+        assert seqs == list(range(len(seqs)))
+
+
+async def test_trio_client_reports_a_lost_connection(short_tmp: Path) -> None:
+    async with serving(short_tmp / "api.sock") as s, open_client(s.path) as ring:
+        await ring.join("g")
+        s.driver.hold_sends = True
+        async with trio.open_nursery() as nursery:
+
+            async def unanswered_send() -> None:
+                with pytest.raises(ConnectionLost, match="closed the connection"):
+                    await ring.send("g", b"never answered")
+
+            nursery.start_soon(unanswered_send)
+            await s.driver.wait_for(lambda: len(s.driver.held) == 1)
+            s.stop()  # the daemon goes away
+        events = []
+        with pytest.raises(ConnectionLost):
+            async for event in ring.events():  # what arrived before is still delivered
+                events.append(event)
+        assert [type(e) for e in events] == [GroupEvent]
+        with pytest.raises(ConnectionLost):
+            await ring.ring()
+
+
+async def test_an_app_that_stops_reading_is_dropped_by_the_daemon(
+        short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(api_types, "API_OUTGOING_FRAMES_MAX", 16)
+    async with serving(short_tmp / "api.sock") as s:
+        ring = await RingClient.connect(s.path)
+        ring.__init__(ring._stream, ring.path, events_buffered=8)  # a small app-side buffer
+        async with ring:
+            await ring.join("g")
+            pushed = 0
+            with trio.fail_after(10):
+                while s.server.stats.slow_dropped == 0:  # the app reads nothing meanwhile
+                    s.driver.push_group("g", {"ev": "message", "group": "g", "sender": NODE, "member": ME,
+                                              "ring": RING, "seq": pushed, "safe": False,
+                                              "data": [b"y" * 8192]})
+                    pushed += 1
+                    await trio.lowlevel.checkpoint()  # let the writer and reader tasks run
+            seqs = []
+            with pytest.raises(ConnectionLost):
+                async for event in ring.events():
+                    if isinstance(event, MessageEvent):
+                        seqs.append(event.seq)
+            # What the daemon sent before dropping us arrives complete and in order.
+            assert seqs == list(range(len(seqs))) and 0 < len(seqs) < pushed
+
+
+def test_blocking_client(short_tmp: Path) -> None:
+    path = short_tmp / "api.sock"
+
+    def app() -> None:
+        with BlockingRingClient(path, timeout_s=10) as ring:
+            assert ring.join("chat", self_discard=True) == ME
+            with BlockingRingClient(path, timeout_s=10) as other:
+                other.join("chat")
+                assert ring.send("chat", ["x", b"\xff"]) == 2
+                events = list(itertools.islice(other.events(timeout=10), 3))
+                assert events[0] == GroupEvent("chat", (ME, f"{NODE}:{os.getpid()}"),
+                                               (f"{NODE}:{os.getpid()}",), (), "join")
+                assert events[1:] == [MessageEvent("chat", NODE, ME, RING, 0, b"x", False),
+                                      MessageEvent("chat", NODE, ME, RING, 1, b"\xff", False)]
+                with pytest.raises(TryAgain):
+                    other.send("full", b"x", wait=False)
+                assert other.members("chat") == {"chat": sorted([ME, ME])}
+                assert other.ring()["ring"] == RING
+            # self_discard: our own messages did not come back; the other's leave did.
+            # Events are in delivery order, so the messages would come before the leave.
+            seen = []
+            for batch in ring.batches(timeout=10):
+                seen.append(batch)
+                if isinstance(batch, GroupEvent) and batch.reason == "disconnect":
+                    break
+            assert [(type(b), b.reason) for b in seen] == [  # type: ignore[union-attr]
+                (GroupEvent, "join"), (GroupEvent, "join"), (GroupEvent, "disconnect")]
+            assert list(ring.events(timeout=0.05)) == []  # nothing else is pending
+
+    async def main() -> None:
+        async with serving(path):
+            await trio.to_thread.run_sync(app)
+
+    trio.run(main)
+
+
+def test_blocking_client_errors(short_tmp: Path) -> None:
+    with pytest.raises(DaemonNotRunning):
+        BlockingRingClient(short_tmp / "missing.sock")
+    path = short_tmp / "api.sock"
+
+    async def main() -> None:
+        async with serving(path) as s:
+            ring = await trio.to_thread.run_sync(BlockingRingClient, path)
+            await trio.to_thread.run_sync(ring.join, "g")
+            s.stop()
+            with pytest.raises(ConnectionLost):
+                await trio.to_thread.run_sync(lambda: list(ring.events()))
+            ring.close()
+
+    trio.run(main)
+
+
+def test_event_decoding_and_json() -> None:
+    batch = decode_event({"ev": "message", "group": "g", "sender": "n1", "member": "n1:9", "ring": "3.n1",
+                          "seq": 10, "safe": True, "data": [b"ok", b"\x00\xff"]})
+    first, second = batch.messages()  # type: ignore[union-attr]
+    assert event_json(first) == {"type": "message", "group": "g", "sender": "n1", "ring": "3.n1",
+                                 "seq": 10, "data": "ok"}
+    assert event_json(second) == {"type": "message", "group": "g", "sender": "n1", "ring": "3.n1",
+                                  "seq": 11, "data_b64": "AP8="}
+    config = decode_event({"ev": "config", "kind": "regular", "ring": "3.n1", "members": ["n1", "n2"]})
+    assert config == ConfigEvent("regular", "3.n1", ("n1", "n2"))
+    assert event_json(config) == {"type": "config", "kind": "regular", "ring": "3.n1", "members": ["n1", "n2"]}
+    group = decode_event({"ev": "group", "group": "g", "members": [], "joined": [], "left": ["n2:1"],
+                          "reason": "nodedown"})
+    assert event_json(group) == {"type": "group", "group": "g", "members": [], "joined": [],
+                                 "left": ["n2:1"], "reason": "nodedown"}
+    with pytest.raises(client.ProtocolError, match="field 'seq'"):
+        decode_event({"ev": "message", "group": "g", "sender": "n", "member": "m", "ring": "r",
+                      "seq": "1", "safe": False, "data": []})
+    with pytest.raises(client.ProtocolError, match="unknown event type"):
+        decode_event({"ev": "surprise"})

@@ -1,0 +1,231 @@
+"""Ordered delivery with real daemon processes on loopback: `ringd subscribe` / `ringd send`,
+every subscriber sees the same sequence, and the simulator's EVS checker passes on the real
+subscriber logs across kill -9, restart, SIGSTOP/SIGCONT."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+
+import pytest
+from ordered_helpers import (
+    Subscriber,
+    check_evs,
+    payloads,
+    process_log,
+    send_lines,
+    wait_ring,
+    wait_subscribers,
+)
+
+from helpers import RINGD, ProcessRegistry, wait_until
+from ringd.wire import FrameReader, pack_frame
+
+# Generous Totem timings for tests that are not about failover: a loaded 2-core machine
+# must not reform the ring in the middle of an identical-sequence check.
+STEADY = ("--set", "totem.token_timeout_s=2.0", "--set", "totem.consensus_s=2.4")
+SEND_TIMEOUT_S = 60.0
+DELIVERY_TIMEOUT_S = 60.0
+
+
+def finish(proc: subprocess.Popen[bytes], timeout_s: float = SEND_TIMEOUT_S) -> None:
+    out, err = proc.communicate(timeout=timeout_s)
+    assert proc.returncode == 0, f"ringd send failed ({proc.returncode}): {err.decode()}"
+
+
+@pytest.mark.parametrize("n", [3, 5])
+def test_concurrent_senders_every_subscriber_sees_the_same_sequence(daemons: ProcessRegistry, n: int) -> None:
+    nodes = daemons.start_cluster(n, *STEADY)
+    wait_ring(nodes)
+    subs = [Subscriber(daemons, d, "chat") for d in nodes]
+    wait_subscribers(subs, n)
+    per_node = 300
+    sent = {d.name: payloads(d.name, 0, per_node) for d in nodes}
+    senders = [send_lines(daemons, d, "chat", sent[d.name]) for d in nodes]
+    for proc in senders:
+        finish(proc)
+    total = n * per_node
+    wait_until(lambda: all(len(s.messages()) >= total for s in subs), DELIVERY_TIMEOUT_S,
+               f"{total} messages at every subscriber")
+    sequences = [[(m["sender"], m["data"]) for m in s.messages()] for s in subs]
+    assert all(seq == sequences[0] for seq in sequences), "subscribers disagree on the order"
+    assert len(sequences[0]) == total
+    assert sorted(d for _, d in sequences[0]) == sorted(x for v in sent.values() for x in v)
+    # Each sender's own messages stay in the order it sent them (FIFO per sender).
+    for d in nodes:
+        mine = [data for sender, data in sequences[0] if sender == d.name]
+        assert mine == sent[d.name]
+    first = subs[0].messages()
+    positions = [(m["ring"], m["seq"]) for m in first]
+    assert len(set(positions)) == len(positions), "(ring, seq) must identify a message"
+
+
+def test_kill9_under_load_then_restart_checker_passes(daemons: ProcessRegistry) -> None:
+    nodes = daemons.start_cluster(3)
+    wait_ring(nodes)
+    subs = {d.name: Subscriber(daemons, d, "load") for d in nodes}
+    wait_subscribers(list(subs.values()), 3)
+    sent: dict[str, tuple[int, list[str]]] = {}
+    senders = []
+    for d in nodes:
+        lines = payloads(d.name, 0, 20000)
+        sent[d.name] = (1, lines)
+        senders.append(send_lines(daemons, d, "load", lines))
+    victim, survivors = nodes[2], nodes[:2]
+    # Kill once messages are flowing.
+    wait_until(lambda: len(subs[survivors[0].name].messages()) >= 2000, DELIVERY_TIMEOUT_S,
+               "load to reach the subscribers")
+    victim.kill9()
+    for proc in senders[:2]:
+        finish(proc)
+    wait_ring(survivors)
+
+    def configs_after_kill(name: str) -> list[tuple[str, list[str]]]:
+        return [(c["kind"], sorted(c["members"])) for c in subs[name].configs()]
+
+    for s in survivors:
+        kinds = configs_after_kill(s.name)
+        want_members = sorted(x.name for x in survivors)
+        assert ("transitional", want_members) in kinds, kinds
+        t_index = kinds.index(("transitional", want_members))
+        assert kinds[t_index + 1] == ("regular", want_members), kinds
+    survivor_logs = [process_log(subs[d.name], 1, crashed=False) for d in survivors]
+    victim_log = process_log(subs[victim.name], 1, crashed=True)
+    violations = check_evs([*survivor_logs, victim_log], sent)
+    assert violations == []
+
+    # The killed daemon restarts (same state dir) and rejoins the ring.
+    victim.start()
+    victim.wait_ready()
+    wait_ring(nodes)
+    resub = Subscriber(daemons, victim, "load", tag="-again")
+    wait_subscribers([resub, subs[survivors[0].name]], 3)
+    more = payloads(survivors[0].name, 100000, 50)
+    finish(send_lines(daemons, survivors[0], "load", more))
+    wait_until(lambda: resub.data()[-50:] == more, DELIVERY_TIMEOUT_S, "the restarted daemon to deliver")
+
+
+def test_sigstop_past_token_timeout_is_excluded_then_merged(daemons: ProcessRegistry) -> None:
+    nodes = daemons.start_cluster(3)
+    wait_ring(nodes)
+    subs = {d.name: Subscriber(daemons, d, "g") for d in nodes}
+    wait_subscribers(list(subs.values()), 3)
+    paused, others = nodes[1], [nodes[0], nodes[2]]
+    before = {d.name: payloads(d.name, 0, 100) for d in nodes}
+    for d in nodes:
+        finish(send_lines(daemons, d, "g", before[d.name]))
+    wait_until(lambda: all(len(s.messages()) >= 300 for s in subs.values()), DELIVERY_TIMEOUT_S, "300 messages")
+    os.kill(paused.pid, signal.SIGSTOP)
+    try:
+        wait_ring(others)
+        during = {d.name: payloads(d.name, 1000, 100) for d in others}
+        for d in others:
+            finish(send_lines(daemons, d, "g", during[d.name]))
+    finally:
+        os.kill(paused.pid, signal.SIGCONT)
+    wait_ring(nodes)
+    after = {d.name: payloads(d.name, 2000, 50) for d in nodes}
+    for d in nodes:
+        finish(send_lines(daemons, d, "g", after[d.name]))
+    wait_until(lambda: all(set(x for v in after.values() for x in v) <= set(s.data()) for s in subs.values()),
+               DELIVERY_TIMEOUT_S, "messages after the merge everywhere")
+    # The survivors saw it leave and come back.
+    for d in others:
+        regulars = [sorted(c["members"]) for c in subs[d.name].configs() if c["kind"] == "regular"]
+        assert sorted(x.name for x in others) in regulars
+        assert regulars[-1] == sorted(x.name for x in nodes)
+    sent = {d.name: (1, before[d.name] + during.get(d.name, []) + after[d.name]) for d in nodes}
+    logs = [process_log(s, 1, crashed=False) for s in subs.values()]
+    assert check_evs(logs, sent) == []
+
+
+def test_safe_send_waits_for_every_member(daemons: ProcessRegistry) -> None:
+    # Neither Totem nor gossip may give up on the stopped member during the check: a new
+    # configuration without it would (rightly) allow safe delivery among the others.
+    slow = ("--set", "totem.token_timeout_s=20", "--set", "totem.consensus_s=24",
+            "--set", "gossip.probe_interval_s=10", "--set", "gossip.probe_timeout_s=5")
+    nodes = daemons.start_cluster(3, *slow, fast=False)
+    wait_ring(nodes)
+    subs = [Subscriber(daemons, d, "s") for d in nodes]
+    wait_subscribers(subs, 3)
+    stopped = nodes[2]
+    os.kill(stopped.pid, signal.SIGSTOP)
+    try:
+        proc = send_lines(daemons, nodes[0], "s", ["n-1"], "--safe")
+        # While a member cannot have it, safe delivery cannot be confirmed.
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(timeout=2.0)
+        assert "n-1" not in subs[2].data()
+    finally:
+        os.kill(stopped.pid, signal.SIGCONT)
+    finish(proc)
+    wait_until(lambda: "n-1" in subs[2].data(), DELIVERY_TIMEOUT_S, "the stopped member to deliver it")
+
+
+def test_one_mebibyte_message_arrives_intact(daemons: ProcessRegistry) -> None:
+    nodes = daemons.start_cluster(2, *STEADY)
+    wait_ring(nodes)
+    subs = [Subscriber(daemons, d, "big") for d in nodes]
+    wait_subscribers(subs, 2)
+    big = "".join(chr(0x61 + (i * 7) % 26) for i in range(1 << 20))
+    finish(send_lines(daemons, nodes[0], "big", [big]))
+    digest = hashlib.sha256(big.encode()).hexdigest()
+    for s in subs:
+        wait_until(lambda s=s: len(s.messages()) == 1, DELIVERY_TIMEOUT_S, "the 1 MiB message")
+        got = s.messages()[0]["data"]
+        assert len(got) == 1 << 20 and hashlib.sha256(got.encode()).hexdigest() == digest
+
+
+def test_subscriber_that_stops_reading_is_dropped_others_keep_up(daemons: ProcessRegistry) -> None:
+    nodes = daemons.start_cluster(2, *STEADY)
+    wait_ring(nodes)
+    good = Subscriber(daemons, nodes[1], "flood")
+    stalled = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.connect(str(nodes[1].socket))
+    stalled.sendall(pack_frame({"op": "group_join", "group": "flood", "id": 1}))
+    try:
+        wait_subscribers([good], 2)
+        lines = [f"{nodes[0].name}-{i}-" + "y" * 900 for i in range(40000)]
+        finish(send_lines(daemons, nodes[0], "flood", lines), timeout_s=120)
+        wait_until(lambda: len(good.messages()) >= len(lines), DELIVERY_TIMEOUT_S, "the reading subscriber")
+        assert good.data() == lines
+        status = nodes[1].status()
+        assert status["control"]["slow_dropped"] >= 1
+    finally:
+        stalled.close()
+
+
+def test_bad_client_frames_get_an_error_and_the_daemon_keeps_serving(daemons: ProcessRegistry) -> None:
+    nodes = daemons.start_cluster(1, *STEADY)
+    wait_ring(nodes)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(str(nodes[0].socket))
+        s.settimeout(10)
+        s.sendall(pack_frame({"op": "send", "group": 5, "data": "x", "id": 7}))
+        reader = FrameReader()
+        replies: list = []
+        while not replies:
+            replies = reader.feed(s.recv(65536))
+        assert replies[0]["ok"] is False and replies[0]["id"] == 7 and "group" in replies[0]["error"]
+        s.sendall(b"\x00\x00\x00\x03abc")  # not CBOR: an error frame, then the daemon hangs up
+        received = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+    assert b"error" in received
+    out = subprocess.run([*RINGD, "send", "ok", "hello", "--socket", str(nodes[0].socket)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    status = nodes[0].status()
+    assert status["control"]["errors"].get("malformed", 0) >= 1
+    assert status["control"]["errors"].get("bad_request", 0) >= 1
+    # `ringd send` to a daemon that is not there: one line, non-zero exit.
+    gone = subprocess.run([*RINGD, "send", "g", "m", "--socket", str(nodes[0].socket) + ".nope"],
+                          capture_output=True, text=True, timeout=30)
+    assert gone.returncode != 0 and len(gone.stderr.strip().splitlines()) == 1
