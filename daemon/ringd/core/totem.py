@@ -132,6 +132,10 @@ class TotemCore(ReceiveMixin, GatherCommitMixin):
         self._consensus_at = math.inf
         self._hold_until = math.inf
         self._held: Token | None = None
+        # Observation only (TotemStats histograms): when the held token was taken, and when
+        # this node last processed a token in Operational (None: none since entering it).
+        self._held_since = 0.0
+        self._last_visit_at: float | None = None
         self._releasing = False
         self._rep_holding = False  # a member saw our rep start holding the token
         self._self_msg: Message | None = None  # token to ourselves (a ring of one)
@@ -202,6 +206,7 @@ class TotemCore(ReceiveMixin, GatherCommitMixin):
     # --- State entries ------------------------------------------------------------------
 
     def _count_entry(self, state: State, reason: Reason) -> None:
+        self._last_visit_at = None  # a rotation spans one stay in Operational only
         self.state = state
         self.last_reason = reason
         self.stats.bump(self.stats.state_entered, state.name)
@@ -386,14 +391,20 @@ class TotemCore(ReceiveMixin, GatherCommitMixin):
                           aru=token.aru, aru_id=token.aru_id, rtr=token.rtr, fcc=token.fcc,
                           backlog=token.backlog, retrans_flg=False, install=install)
         if ring.is_rep and not self._releasing and ring.idle(token, len(self.queue)):
+            self._held_since = self._now
             self._hold(token, out)
             return
+        if self._releasing:
+            self.stats.token_hold_s.observe(self._now - self._held_since)
         self._operational_visit(token, out)
 
     def _operational_visit(self, token: Token, out: list) -> None:
         ring = self.ring
         assert ring is not None
         self.stats.token_rx += 1
+        if self._last_visit_at is not None:
+            self.stats.token_rotation_s.observe(self._now - self._last_visit_at)
+        self._last_visit_at = self._now
         mark = len(out)
         result = ring.visit(token, self._app, out, recovery=False, install=token.install)
         if self._deaf and len(ring.members) == 1:

@@ -8,10 +8,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ringd.core.histogram import Histogram
+
+
+class _TimingHistograms:
+    """The Totem core's timing histograms, read by the metrics collector.
+
+    Attributes of :class:`TotemStats` but deliberately not dataclass fields: status replies
+    and ``asdict()`` turn the fields into plain ints and dicts (CBOR/JSON), which a
+    :class:`Histogram` is not.
+    """
+
+    __slots__ = ("token_rotation_s", "token_hold_s")
+    # Seconds between two consecutive tokens this node processed in Operational (corosync
+    # mtt_rx_token); includes the time the representative held an idle token.
+    token_rotation_s: Histogram
+    # Seconds a held (idle-ring) token was kept before it was released.
+    token_hold_s: Histogram
+
 
 @dataclass(slots=True)
-class TotemStats:
-    """Everything the Totem core counts. Dict keys are enum values (metric label values)."""
+class TotemStats(_TimingHistograms):
+    """Everything the Totem core counts. Dict keys are enum values (metric label values);
+    the timing histograms are inherited attributes, outside the fields (see the base)."""
 
     token_rx: int = 0  # tokens processed (duplicates excluded)
     token_tx: int = 0  # tokens forwarded (first sends)
@@ -47,6 +66,10 @@ class TotemStats:
     configurations: dict[str, int] = field(default_factory=dict)  # ConfigKind value -> count
     send_queue_len: int = 0  # gauge: app messages waiting to be sent
     ring_seq: int = 0  # gauge: seq of the ring we are on
+
+    def __post_init__(self) -> None:
+        self.token_rotation_s = Histogram()
+        self.token_hold_s = Histogram()
 
     def bump(self, counter: dict[str, int], key: str) -> None:
         counter[key] = counter.get(key, 0) + 1

@@ -1,8 +1,10 @@
 """Prometheus ``/metrics`` for one daemon: a scrape-time Collector and a tiny Trio HTTP server.
 
 Metrics observe; cores only count (STYLE rule 10). :class:`DaemonCollector` reads the plain
-stats of the gossip core, the UDP transport and the control server only when Prometheus
-scrapes, so nothing is added to the packet path. It lives on a private
+stats of the gossip core, the Totem core, the process groups, the UDP transport and the
+control server only when Prometheus scrapes, so nothing is added to the packet path. The
+ordering side (``daemon.totem`` and friends) is read through ``getattr`` guards, so a daemon
+without it (or a stand-in in tests) simply exports no ``ringd_totem_*``/``ringd_groups_*``. It lives on a private
 :class:`~prometheus_client.CollectorRegistry` (never the global one), so several daemons in
 one process (tests) do not collide.
 
@@ -18,16 +20,27 @@ from __future__ import annotations
 import collections
 import hashlib
 import logging
+import platform
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 import ringd
+from ringd.core.histogram import Histogram
+from ringd.core.totem_events import ConfigKind
+from ringd.core.totem_state import Reason, State
 from ringd.messages import MESSAGE_TYPES, MemberState
 from ringd.runtime.control import KNOWN_OPS
 from ringd.wire import DropReason
@@ -44,6 +57,19 @@ HTTP_OUTCOMES = ("ok", "bad_request", "not_found", "method_not_allowed", "too_la
                  "timeout", "rejected", "error")
 # Gossip message type names (label "type"); a name outside this set is never exported.
 GOSSIP_MESSAGE_TYPES = frozenset(cls.__name__ for cls in MESSAGE_TYPES.values())
+
+# Totem state entries as (state, reason) label pairs. Gather is entered for many reasons;
+# each other state for exactly one (see TotemCore._enter_*), so the set is fixed and every
+# series exists from the first scrape.
+_ONE_WAY_IN = {State.COMMIT: Reason.COMMIT_TOKEN, State.RECOVERY: Reason.COMMIT_DONE,
+               State.OPERATIONAL: Reason.RECOVERY_DONE}
+GATHER_REASONS = tuple(r.value for r in Reason if r not in _ONE_WAY_IN.values())
+# States in which the token-loss timer runs (Gather has no token).
+TOKEN_STATES = (State.OPERATIONAL, State.COMMIT, State.RECOVERY)
+DELIVERY_ORDERS = ("agreed", "safe")
+# Membership messages of Totem: (label, TotemStats prefix).
+TOTEM_MEMBERSHIP_TYPES = (("join", "join"), ("commit_token", "commit_token"),
+                          ("merge_detect", "merge_detect"))
 
 # A scrape request is one short line plus a few headers.
 HTTP_REQUEST_BYTES_MAX = 8192
@@ -62,15 +88,24 @@ _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Al
             500: "Internal Server Error", 503: "Service Unavailable"}
 
 
+def _fingerprint(lines: Iterable[str]) -> int:
+    digest = hashlib.blake2b(digest_size=8)
+    for line in lines:
+        digest.update(f"{line}\n".encode())
+    return int.from_bytes(digest.digest(), "big") >> (64 - FINGERPRINT_BITS)
+
+
 def view_fingerprint(members: Iterable[tuple[str, str]]) -> int:
     """A 52-bit hash of the sorted ``(name, state)`` pairs of a membership view.
 
     Equal on every node whose view agrees, so ``count(count_values(...))`` checks convergence.
     """
-    digest = hashlib.blake2b(digest_size=8)
-    for name, state in sorted(members):
-        digest.update(f"{name}\0{state}\n".encode())
-    return int.from_bytes(digest.digest(), "big") >> (64 - FINGERPRINT_BITS)
+    return _fingerprint(f"{name}\0{state}" for name, state in sorted(members))
+
+
+def ring_fingerprint(ring_seq: int, ring_rep: str, members: Iterable[str]) -> int:
+    """A 52-bit hash of a Totem ring id and its sorted members: equal on the nodes of one ring."""
+    return _fingerprint([f"ring\0{ring_seq}\0{ring_rep}", *sorted(members)])
 
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
@@ -90,6 +125,20 @@ def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc, value=value)
 
 
+def _buckets(histogram: Histogram) -> list[tuple[str, float]]:
+    return [(floatToGoString(bound), count) for bound, count in histogram.cumulative()]
+
+
+def _histogram(name: str, doc: str, histogram: Histogram) -> HistogramMetricFamily:
+    """A core :class:`Histogram` as a Prometheus histogram (``name`` ends in ``_seconds``)."""
+    return HistogramMetricFamily(name, doc, buckets=_buckets(histogram), sum_value=histogram.sum)
+
+
+def _now() -> float:
+    """The daemon's clock (the cores' ``now``): Trio's, as the driver passes it."""
+    return trio.current_time()
+
+
 class DaemonCollector(Collector):
     """Maps one daemon's plain stats to ``ringd_*`` metric families at scrape time.
 
@@ -101,11 +150,14 @@ class DaemonCollector(Collector):
         self._daemon = daemon
         self._http_stats = http_stats
 
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | InfoMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         yield InfoMetricFamily("ringd_build", "ringd build information.",
-                               value={"version": ringd.__version__})
+                               value={"version": ringd.__version__,
+                                      "python": platform.python_version()})
         yield from self._daemon_metrics()
         yield from self._gossip_metrics()
+        yield from self._totem_metrics()
+        yield from self._groups_metrics()
         yield from self._transport_metrics()
         yield from self._control_metrics()
 
@@ -174,6 +226,117 @@ class DaemonCollector(Collector):
                 f"ringd_gossip_messages_{direction}", f"Gossip messages {direction}, by message type.",
                 "type", sorted((t, n) for t, n in counts.items() if t in GOSSIP_MESSAGE_TYPES))
 
+    def _totem_metrics(self) -> Iterator[Metric]:
+        daemon = self._daemon
+        totem = getattr(daemon, "totem", None)
+        if totem is None:
+            return  # no ordering side (yet): nothing to report rather than zeros
+        stats = totem.stats
+        state = GaugeMetricFamily("ringd_totem_state", "1 for the Totem state this node is in, else 0.",
+                                  labels=["state"])
+        for s in State:
+            state.add_metric([s.name.lower()], 1.0 if totem.state is s else 0.0)
+        yield state
+        entries = CounterMetricFamily("ringd_totem_state_entries", "Totem state entries, by state and reason.",
+                                      labels=["state", "reason"])
+        for reason in GATHER_REASONS:
+            entries.add_metric(["gather", reason], stats.gather_entered.get(reason, 0))
+        for s, reason_in in _ONE_WAY_IN.items():
+            entries.add_metric([s.name.lower(), reason_in.value], stats.state_entered.get(s.name, 0))
+        yield entries
+        yield _labelled_counter("ringd_totem_token_lost", "Token-loss timeouts, by the state they hit.",
+                                "state", ((s.name.lower(), stats.token_lost.get(s.name, 0)) for s in TOKEN_STATES))
+        yield _counter("ringd_totem_consensus_timeouts", "Gather rounds that timed out without consensus.",
+                       stats.consensus_timeouts)
+        yield _counter("ringd_totem_fail_to_receive", "Times this node gave up on a ring it could not hear.",
+                       stats.fail_to_recv)
+        yield _histogram("ringd_totem_token_rotation_seconds",
+                         "Time between two consecutive tokens this node processed in Operational.",
+                         stats.token_rotation_s)
+        yield _histogram("ringd_totem_token_hold_seconds",
+                         "Time an idle-ring token was held by the representative before release.",
+                         stats.token_hold_s)
+        ring_id = totem.ring_id
+        members = tuple(totem.members)
+        yield _gauge("ringd_totem_ring_seq", "Sequence number of the installed ring (-1 before the first).",
+                     ring_id.seq)
+        yield _gauge("ringd_totem_ring_members", "Members of the installed ring (its size).", len(members))
+        yield _gauge("ringd_totem_ring_fingerprint",
+                     "52-bit hash of the ring id and its sorted members; equal on nodes of one ring.",
+                     ring_fingerprint(ring_id.seq, ring_id.rep, members))
+        changed = getattr(daemon, "ring_changed_wall", None)
+        if changed is not None:
+            yield _gauge("ringd_totem_ring_last_change_timestamp_seconds",
+                         "Unix time this node last installed a regular configuration.", changed)
+        yield _gauge("ringd_totem_flapping_members", "Members held out of the ring because they flap.",
+                     len(totem.flaps.held(_now())))
+        yield _gauge("ringd_totem_backlog_messages", "Application messages waiting in the send queue.",
+                     len(totem.queue))
+        yield _counter("ringd_totem_messages_sent", "Application messages accepted for ordered sending.",
+                       stats.app_sent)
+        yield _counter("ringd_totem_messages_refused", "Application messages refused (too large, queue full).",
+                       stats.app_refused)
+        yield _labelled_counter("ringd_totem_messages_delivered", "Application messages delivered, by order.",
+                                "order", (("agreed", stats.deliveries_agreed), ("safe", stats.deliveries_safe)))
+        yield _labelled_counter("ringd_totem_datagrams", "Ring datagrams of our ring, by direction "
+                                "(out: new multicasts, in: stored, duplicates excluded).", "direction",
+                                (("out", stats.mcast_tx), ("in", stats.mcast_rx)))
+        yield _counter("ringd_totem_datagrams_duplicate", "Ring datagrams received that were already held.",
+                       stats.mcast_dup_rx)
+        yield _labelled_counter("ringd_totem_datagrams_retransmitted", "Ring datagrams sent again, by phase.",
+                                "phase", (("operational", stats.mcast_retx), ("recovery", stats.recovery_tx)))
+        yield _counter("ringd_totem_retransmit_requests", "Missing seqs this node asked for on the token.",
+                       stats.rtr_requested)
+        yield _counter("ringd_totem_fragments_sent", "Fragments of large messages sent.", stats.fragments_tx)
+        yield _labelled_counter("ringd_totem_tokens", "Tokens, by what happened to them.", "event", (
+            ("received", stats.token_rx), ("forwarded", stats.token_tx), ("retransmitted", stats.token_retx),
+            ("duplicate", stats.token_dup_rx)))
+        yield _counter("ringd_totem_token_holds", "Times the representative held the token on an idle ring.",
+                       stats.token_held)
+        yield _counter("ringd_totem_token_hold_cancels", "Held tokens released early for a new send.",
+                       stats.hold_cancels)
+        for direction, suffix in (("sent", "tx"), ("received", "rx")):
+            yield _labelled_counter(
+                f"ringd_totem_membership_messages_{direction}", f"Totem membership messages {direction}, by type.",
+                "type", ((label, getattr(stats, f"{field_}_{suffix}")) for label, field_ in TOTEM_MEMBERSHIP_TYPES))
+        yield _counter("ringd_totem_rings_formed", "Rings this node formed as representative.", stats.rings_formed)
+        yield _counter("ringd_totem_foreign_messages", "Messages of another ring seen.", stats.foreign_rx)
+        yield _counter("ringd_totem_flap_hints_ignored", "Gossip alive hints ignored because the node flaps.",
+                       stats.flap_held_hints)
+        yield _labelled_counter("ringd_totem_configurations", "Configurations delivered, by kind.", "kind",
+                                ((k.value, stats.configurations.get(k.value, 0)) for k in ConfigKind))
+        latency = HistogramMetricFamily("ringd_totem_delivery_latency_seconds",
+                                        "Own messages: publish to local delivery, by order.", labels=["order"])
+        found = False
+        for order in DELIVERY_ORDERS:
+            histogram = getattr(daemon, f"latency_{order}", None)
+            if histogram is not None:
+                found = True
+                latency.add_metric([order], _buckets(histogram), histogram.sum)
+        if found:
+            yield latency
+
+    def _groups_metrics(self) -> Iterator[Metric]:
+        groups = getattr(self._daemon, "groups", None)
+        if groups is None:
+            return
+        stats = groups.stats
+        view = groups.members()
+        yield _gauge("ringd_groups", "Process groups with at least one member.", len(view))
+        yield _gauge("ringd_groups_members", "Group memberships (a member of two groups counts twice).",
+                     sum(len(m) for m in view.values()))
+        yield _counter("ringd_groups_joins", "Group joins delivered.", getattr(stats, "joins", 0))
+        yield _counter("ringd_groups_leaves", "Group leaves delivered.", getattr(stats, "leaves", 0))
+        yield _counter("ringd_groups_messages_delivered", "Group application messages delivered.",
+                       getattr(stats, "messages_delivered", 0))
+        yield _counter("ringd_groups_bad_payloads", "Ordered payloads that were not group messages.",
+                       getattr(stats, "bad_payloads", 0))
+        yield _counter("ringd_groups_events", "Group membership events sent to local clients.",
+                       getattr(stats, "group_events", 0))
+        yield _labelled_counter("ringd_groups_syncs", "Group syncs after a merge, by direction.", "direction",
+                                (("out", getattr(stats, "syncs_sent", 0)),
+                                 ("in", getattr(stats, "syncs_received", 0))))
+
     def _transport_metrics(self) -> Iterator[CounterMetricFamily]:
         stats = self._daemon.transport.stats
         yield _labelled_counter("ringd_transport_datagrams", "UDP datagrams, by direction.", "direction",
@@ -183,10 +346,18 @@ class DaemonCollector(Collector):
         yield _labelled_counter("ringd_transport_datagrams_dropped", "UDP datagrams dropped, by reason.",
                                 "reason", ((r, stats.dropped[r]) for r in DROP_REASONS))
 
-    def _control_metrics(self) -> Iterator[CounterMetricFamily]:
-        stats = self._daemon.control_stats
+    def _control_metrics(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        stats: Any = self._daemon.control_stats
         yield _counter("ringd_control_connections", "Control socket connections accepted.",
                        stats.connections_total)
+        # Client API fields, read with defaults so this works before the API lands them.
+        yield _gauge("ringd_control_connections_open", "Control/API connections open now.",
+                     getattr(stats, "connections_open", 0))
+        yield _gauge("ringd_control_subscribers", "Connections that are members of at least one group.",
+                     getattr(stats, "subscribers", 0))
+        yield _counter("ringd_control_slow_subscribers_dropped",
+                       "Connections closed because they did not read their events fast enough.",
+                       getattr(stats, "slow_dropped", 0))
         yield _counter("ringd_control_connections_rejected", "Control connections over the limit.",
                        stats.connections_rejected)
         # Keys are set by the control server's code only (never by clients), so the union is bounded.
