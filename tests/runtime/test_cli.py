@@ -179,7 +179,7 @@ def test_cluster_command_starts_converges_and_cleans_up(daemons: ProcessRegistry
         return all(client.status(node["socket"])["members_alive"] == n for node in doc["nodes"])
 
     wait_until(converged, CONVERGE_S, f"all {n} daemons to see {n} alive")
-    line = f"converged: all {n} nodes see {n} alive"
+    line = f"converged: all {n} nodes see {n} alive, one ring "
     wait_until(lambda: line in out_path.read_text(), 10.0, "the launcher to report convergence")
     if stop == "sigterm":
         proc.send_signal(signal.SIGTERM)

@@ -171,14 +171,39 @@ def _write_cluster_json(path: Path, cluster_name: str, multicast: str | None, no
     os.replace(tmp, path)
 
 
+def _ring(node: NodeProcess) -> tuple[str, str, int] | None:
+    """(Totem state, ring id, ring size) from the node's last status, if it reported one."""
+    totem = (node.status or {}).get("totem")
+    if not isinstance(totem, dict):
+        return None
+    return str(totem.get("state", "")), str(totem.get("ring", "")), len(totem.get("members") or ())
+
+
+def _one_ring(nodes: list[NodeProcess]) -> str | None:
+    """The ring id when every node is Operational on the same ring of all of them."""
+    rings = {_ring(node) for node in nodes}
+    if len(rings) != 1:
+        return None
+    (ring,) = rings
+    if ring is None or ring[0] != "operational" or ring[2] != len(nodes):
+        return None
+    return ring[1]
+
+
 def _converged(nodes: list[NodeProcess]) -> bool:
     n = len(nodes)
-    return all(node.state == "running" and node.alive_seen == n for node in nodes)
+    return all(node.state == "running" and node.alive_seen == n for node in nodes) and \
+        _one_ring(nodes) is not None
+
+
+def _ring_text(node: NodeProcess) -> str:
+    ring = _ring(node)
+    return "" if ring is None else f"{ring[1]} ({ring[2]} members, {ring[0]})"
 
 
 def _table(nodes: list[NodeProcess], title: str) -> Table:
     table = Table(title=title, title_justify="left", header_style="bold")
-    for column in ("node", "pid", "gossip", "state", "sees alive", "incarnation"):
+    for column in ("node", "pid", "gossip", "state", "sees alive", "incarnation", "ring"):
         table.add_column(column)
     n = len(nodes)
     for node in nodes:
@@ -188,6 +213,7 @@ def _table(nodes: list[NodeProcess], title: str) -> Table:
         table.add_row(
             node.name, str(node.proc.pid), str(st.get("address", "")), node.state,
             "" if seen is None else f"[{colour}]{seen}/{n}[/]", str(st.get("incarnation", "")),
+            _ring_text(node),
         )
     return table
 
@@ -217,13 +243,17 @@ class _View:
     def update(self, nodes: list[NodeProcess], header: str) -> None:
         converged = _converged(nodes)
         n = len(nodes)
-        summary = f"converged: all {n} nodes see {n} alive" if converged else "converging..."
+        summary = (f"converged: all {n} nodes see {n} alive, one ring {_one_ring(nodes)} of {n}"
+                   if converged else "converging...")
         if self._live is not None:
             self._live.update(_table(nodes, f"{header}\n{summary}"))
             return
         for node in nodes:
             seen = node.alive_seen
             line = f"{node.name}: {node.state}" + ("" if seen is None else f", sees {seen}/{n} alive")
+            ring = _ring_text(node)
+            if ring:
+                line += f", ring {ring}"
             if self._last.get(node.name) != line:
                 self._last[node.name] = line
                 self.note(line)
