@@ -16,12 +16,14 @@ from ordered_helpers import (
     check_evs,
     payloads,
     process_log,
+    ring_members,
     send_lines,
     wait_ring,
     wait_subscribers,
 )
 
-from helpers import RINGD, ProcessRegistry, wait_until
+from helpers import RINGD, DaemonProcess, ProcessRegistry, wait_until
+from ringd.client import BlockingRingClient, TryAgain
 from ringd.wire import FrameReader, pack_frame
 
 # Generous Totem timings for tests that are not about failover: a loaded 2-core machine
@@ -229,3 +231,57 @@ def test_bad_client_frames_get_an_error_and_the_daemon_keeps_serving(daemons: Pr
     gone = subprocess.run([*RINGD, "send", "g", "m", "--socket", str(nodes[0].socket) + ".nope"],
                           capture_output=True, text=True, timeout=30)
     assert gone.returncode != 0 and len(gone.stderr.strip().splitlines()) == 1
+
+
+def test_send_beyond_the_window_waits_or_gets_try_again(daemons: ProcessRegistry) -> None:
+    slow = ("--set", "totem.token_timeout_s=20", "--set", "totem.consensus_s=24",
+            "--set", "gossip.probe_interval_s=10", "--set", "gossip.probe_timeout_s=5")
+    nodes = daemons.start_cluster(2, *slow, fast=False)
+    wait_ring(nodes)
+    os.kill(nodes[1].pid, signal.SIGSTOP)  # the ring stalls: nothing gets ordered
+    try:
+        chunk = [b"z" * (256 * 1024)]
+        with BlockingRingClient(nodes[0].socket, timeout_s=10) as ring:
+            accepted = 0
+            with pytest.raises(TryAgain):
+                for _ in range(200):
+                    ring.send("bp", chunk, wait=False)
+                    accepted += 1
+            assert 0 < accepted < 200  # a bounded window, not an unbounded queue
+        # A waiting send blocks until the ring moves again.
+        proc = send_lines(daemons, nodes[0], "bp", ["after"])
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(timeout=1.5)
+    finally:
+        os.kill(nodes[1].pid, signal.SIGCONT)
+    finish(proc)
+
+
+def test_a_flapping_member_is_held_out_of_the_ring_until_stable(daemons: ProcessRegistry) -> None:
+    flap = ("--set", "totem.flap_window_s=60", "--set", "totem.flap_count=3",
+            "--set", "totem.flap_stable_s=4")
+    nodes = daemons.start_cluster(3, *flap)
+    wait_ring(nodes)
+    flapper, steady = nodes[2], nodes[:2]
+
+    def gossip_state(observer: DaemonProcess) -> str:
+        return observer.members().get(flapper.name, {}).get("state", "")
+
+    # Stop it until gossip declares it dead, let it come back alive: twice is enough
+    # for three alive/dead changes within the window.
+    for _ in range(2):
+        os.kill(flapper.pid, signal.SIGSTOP)
+        try:
+            wait_until(lambda: all(gossip_state(d) == "dead" for d in steady), 30, "declared dead")
+        finally:
+            os.kill(flapper.pid, signal.SIGCONT)
+        wait_until(lambda: all(gossip_state(d) == "alive" for d in steady), 30, "alive again")
+    held = [d.status()["totem"]["held_out"] for d in steady]
+    assert all(flapper.name in h for h in held), held
+    assert all(ring_members(d) == [d.name for d in steady] or flapper.name not in ring_members(d)
+               for d in steady)
+    out = daemons.run_cli("status", "--socket", str(steady[0].socket))
+    assert flapper.name in out.stdout and "held out" in out.stdout
+    # Once stable for flap_stable_s it is welcomed back.
+    wait_ring(nodes, timeout_s=40)
+    assert all(d.status()["totem"]["held_out"] == [] for d in steady)
