@@ -150,13 +150,15 @@ class TotemConfig:
     window_size: int = knob(200, "messages all members may send per rotation", _between(1, 100000))
     max_messages: int = knob(100, "messages one member may send per token visit", _between(1, 100000))
     fail_recv_const: int = knob(50, "token visits without aru progress before failing to receive", _positive)
-    seqno_unchanged_const: int = knob(30, "idle rotations before the token is held", _positive)
+    seqno_unchanged_const: int = knob(300, "idle rotations before the token is held (a rotation on loopback takes well under 1 ms: 300 keeps the token moving between messages of a steady 100 msgs/s)", _positive)
     mtu_bytes: int = knob(60000, "largest packed Totem datagram payload", _between(512, 65000))
     message_bytes_max: int = knob(1 << 20, "largest application message (fragmented)", _between(1, 64 << 20))
     send_queue_len_max: int = knob(10000, "app messages queued before send refuses", _positive)
     flap_window_s: float = knob(30.0, "window in which alive/dead changes count as flapping", _positive)
     flap_count: int = knob(3, "changes within the window that mark a member flapping", _between(2, 1000))
     flap_stable_s: float = knob(10.0, "time a flapping member must stay alive before rejoining", _non_negative)
+    ring_size_max: int = knob(16, "largest ring; alive members beyond it, in name order, stay "
+                              "gossip-only observers", _between(1, 256))
 
 
 def _default_name() -> str:

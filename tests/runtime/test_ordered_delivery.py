@@ -285,3 +285,16 @@ def test_a_flapping_member_is_held_out_of_the_ring_until_stable(daemons: Process
     # Once stable for flap_stable_s it is welcomed back.
     wait_ring(nodes, timeout_s=40)
     assert all(d.status()["totem"]["held_out"] == [] for d in steady)
+
+
+def test_members_beyond_ring_size_max_are_observers_until_there_is_room(daemons: ProcessRegistry) -> None:
+    nodes = daemons.start_cluster(4, *STEADY, "--set", "totem.ring_size_max=3")
+    ring, observer = nodes[:3], nodes[3]
+    wait_ring(ring)
+    wait_until(lambda: observer.status()["totem"]["state"] == "observer", 30, "node4 to be an observer")
+    out = subprocess.run([*RINGD, "send", "g", "m", "--socket", str(observer.socket)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode != 0 and "observer" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    # A ring member dies: the observer takes its place.
+    nodes[0].kill9()
+    wait_ring([*nodes[1:3], observer])

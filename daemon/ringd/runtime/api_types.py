@@ -18,7 +18,7 @@ import trio
 # this is dropped instead of slowing the daemon (and every other subscriber) down.
 API_OUTGOING_FRAMES_MAX = 4096
 # The same bound in payload bytes: a few large frames must not pin hundreds of MiB.
-API_OUTGOING_BYTES_MAX = 16 << 20
+API_OUTGOING_BYTES_MAX = 32 << 20
 
 
 @dataclass(slots=True)

@@ -136,13 +136,17 @@ def _ordered_delivery_status(daemon: Daemon) -> dict[str, Any]:
     where = daemon if hasattr(daemon, "totem") else getattr(daemon, "ordering", None)
     totem = getattr(where, "totem", None)
     if totem is not None:
-        out["totem"] = {
-            "state": plain(totem.state),
-            "ring": str(totem.ring_id),
-            "members": list(totem.members),
-            "held_out": sorted(totem.flaps.held(trio.current_time())),
-            "stats": plain(totem.stats),
-        }
+        ring_info = getattr(daemon, "ring_info", None)
+        if ring_info is not None:  # the real daemon: knows whether it is only an observer
+            out["totem"] = {**ring_info(), "stats": plain(totem.stats)}
+        else:
+            out["totem"] = {
+                "state": plain(totem.state),
+                "ring": str(totem.ring_id),
+                "members": list(totem.members),
+                "held_out": sorted(totem.flaps.held(trio.current_time())),
+                "stats": plain(totem.stats),
+            }
     groups = getattr(where, "groups", None)
     if groups is not None:
         out["groups"] = {

@@ -139,7 +139,7 @@ class Daemon:
         self.ordering = OrderedDelivery(cfg=cfg, transport=transport, codec=codec,
                                         api_connections=self.api_connections,
                                         control_stats=control_stats, log=log,
-                                        now=trio.current_time())
+                                        now=trio.current_time(), gossip_view=core.members)
         self._nursery: trio.Nursery | None = None
 
     # Read by metrics and status: the ordering side of the daemon.

@@ -18,15 +18,20 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import math
 import os
 import random
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import trio
+
 from ringd.config import Config
 from ringd.core.events import MemberChanged, Received, Tick
+from ringd.core.gossip import MemberView
 from ringd.core.groups import GroupOpError, GroupsCore
 from ringd.core.histogram import Histogram
 from ringd.core.totem import TotemCore
@@ -42,7 +47,7 @@ from ringd.core.totem_events import (
     SendRefused,
     SendTo,
 )
-from ringd.messages import Address
+from ringd.messages import Address, MemberState
 from ringd.runtime.api_types import ApiConnection, ApiDisconnect, ApiRequest
 from ringd.runtime.control import ControlStats
 from ringd.runtime.udp import UdpTransport
@@ -67,6 +72,12 @@ UNORDERED_BYTES_MAX = 4 << 20
 # A client batch is cut into Totem messages of about one datagram, so packing stays cheap
 # and one large batch does not hold the ring for a whole fragmented megabyte.
 PUBLISH_BYTES_TARGET = 48 * 1024
+# A local subscriber this far behind makes us hold the token a little (see _send_to), so the
+# ring slows to what its readers take instead of outrunning them until they are dropped.
+SUBSCRIBER_BACKLOG_HIGH_BYTES = 4 << 20
+# Longest such hold per token visit: well below token_retransmit_s, so nobody resends it.
+BACKPRESSURE_HOLD_MAX_FRACTION = 0.4
+BACKPRESSURE_POLL_S = 0.001
 # Header, MAC and Mcast fields around the packed chunks of one datagram.
 DATAGRAM_ENVELOPE_BYTES = 2048
 # Room for the GroupSend envelope around a largest-size application message.
@@ -118,7 +129,8 @@ class OrderedDelivery:
 
     def __init__(self, *, cfg: Config, transport: UdpTransport, codec: Codec,
                  api_connections: dict[int, ApiConnection], control_stats: ControlStats,
-                 log: logging.Logger, now: float) -> None:
+                 log: logging.Logger, now: float,
+                 gossip_view: Callable[[], Iterable[MemberView]] = tuple) -> None:
         self.name = cfg.node_name
         self.cfg = cfg
         self.transport = transport
@@ -127,12 +139,16 @@ class OrderedDelivery:
         self.control_stats = control_stats
         self.log = log
         self.state_dir = cfg.state_path
-        ring_seq = read_ring_seq(self.state_dir, log)
-        totem_cfg = dataclasses.replace(
+        self._totem_cfg = dataclasses.replace(
             cfg.totem, message_bytes_max=cfg.totem.message_bytes_max + GROUP_ENVELOPE_BYTES,
             mtu_bytes=min(cfg.totem.mtu_bytes, cfg.net.datagram_bytes_max - DATAGRAM_ENVELOPE_BYTES))
-        self.totem = TotemCore(name=self.name, config=totem_cfg, rng=random.Random(),
-                               ring_seq=ring_seq, now=now)
+        self.totem = self._new_totem(now)
+        self.gossip_view = gossip_view
+        # Members that may be in the ring: the first ring_size_max alive ones by name. The
+        # others are gossip-only observers; their Totem datagrams are ignored.
+        self.eligible: frozenset[str] = frozenset({self.name})
+        self.active = True  # False while we are an observer ourselves
+        self.observer_dropped = 0  # Totem datagrams ignored (from observers, or as one)
         self.groups = GroupsCore(self.name, encode_payload, decode_payload)
         self.latency_agreed = Histogram()
         self.latency_safe = Histogram()
@@ -141,6 +157,7 @@ class OrderedDelivery:
         # its last Totem datagram.
         self.addresses: dict[str, Address] = {}
         self.unknown_destination = 0  # tokens we could not address (counted, dropped)
+        self.backpressure_holds = 0  # token visits held back for slow local subscribers
         self._next_msg_id = 1
         self._published: dict[int, _Published] = {}
         self.unordered_bytes = 0
@@ -148,29 +165,63 @@ class OrderedDelivery:
 
     # --- inputs -------------------------------------------------------------------------
 
+    def _new_totem(self, now: float) -> TotemCore:
+        return TotemCore(name=self.name, config=self._totem_cfg, rng=random.Random(),
+                         ring_seq=read_ring_seq(self.state_dir, self.log), now=now)
+
     def next_deadline(self) -> float:
-        return self.totem.next_deadline()
+        return self.totem.next_deadline() if self.active else math.inf
 
     async def tick(self, now: float) -> None:
-        await self._run(self.totem.handle(Tick(), now), now)
+        if self.active:
+            await self._run(self.totem.handle(Tick(), now), now)
 
     async def received(self, event: Received, now: float) -> None:
-        if event.sender not in self.addresses:
-            self.addresses[event.sender] = event.source
+        sender = event.sender
+        if not self.active or (sender not in self.eligible and sender in self.addresses):
+            # A known member beyond the ring size (or we are one): not part of the ring.
+            self.observer_dropped += 1
+            return
+        if sender not in self.addresses:
+            self.addresses[sender] = event.source
         await self._run(self.totem.handle(event, now), now)
 
     async def member_changed(self, change: MemberChanged, now: float) -> None:
-        """Gossip's view changed: keep the address book and hint Totem."""
-        if change.node == self.name:
+        """Gossip's view changed: keep the address book, recompute who may be in the ring,
+        and hint Totem (a member that left the eligible set is dead to the ring)."""
+        if change.node != self.name:
+            self.addresses[change.node] = change.address
+        alive = sorted(v.name for v in self.gossip_view()
+                       if v.state in (MemberState.ALIVE, MemberState.SUSPECT))
+        eligible = frozenset(alive[: self.cfg.totem.ring_size_max]) | (
+            {self.name} if not alive else frozenset())
+        if eligible == self.eligible:
             return
-        self.addresses[change.node] = change.address
-        if change.new_state == "ALIVE" and change.old_state != "ALIVE":
-            await self._run(self.totem.handle(PeerAlive(node=change.node), now), now)
-        elif change.new_state in ("DEAD", "LEFT") and change.old_state not in ("DEAD", "LEFT"):
-            await self._run(self.totem.handle(PeerDead(node=change.node), now), now)
+        gone, new = self.eligible - eligible, eligible - self.eligible
+        self.eligible = eligible
+        if self.name not in eligible:
+            if self.active:
+                self.active = False
+                self.log.warning("the ring is full (totem.ring_size_max=%d): this daemon is a "
+                                 "gossip-only observer", self.cfg.totem.ring_size_max)
+            return
+        if not self.active:
+            self.active = True
+            self.totem = self._new_totem(now)  # a fresh processor, like a restart
+            self.log.info("room in the ring: joining it")
+            await self._run(self.totem.handle(Tick(), now), now)
+            return
+        for node in sorted(gone - {self.name}):
+            await self._run(self.totem.handle(PeerDead(node=node), now), now)
+        for node in sorted(new - {self.name}):
+            await self._run(self.totem.handle(PeerAlive(node=node), now), now)
 
     async def api_request(self, req: ApiRequest, now: float) -> None:
         op = req.op
+        if not self.active and op in ("send", "group_join"):
+            req.reply({"ok": False, "error": f"{op}: this daemon is a gossip-only observer (the ring "
+                       f"already has totem.ring_size_max={self.cfg.totem.ring_size_max} members)"})
+            return
         try:
             if op == "send":
                 await self._send(req, now)
@@ -207,9 +258,9 @@ class OrderedDelivery:
     def ring_info(self, now: float) -> dict[str, Any]:
         totem = self.totem
         return {
-            "state": totem.state.name.lower(),
-            "ring": str(totem.ring_id),
-            "members": list(totem.members),
+            "state": totem.state.name.lower() if self.active else "observer",
+            "ring": str(totem.ring_id) if self.active else None,
+            "members": list(totem.members) if self.active else [],
             "held_out": sorted(totem.flaps.held(now)),
             "send_queue_len": len(totem.queue),
             "unordered_bytes": self.unordered_bytes,
@@ -331,9 +382,23 @@ class OrderedDelivery:
         if address is None:
             self.unknown_destination += 1
             return
+        if type(msg) is Token and self._subscriber_backlog() > SUBSCRIBER_BACKLOG_HIGH_BYTES:
+            await self._wait_for_readers()
         data = self._encode(msg)
         if data is not None:
             await self.transport.send(address, data)
+
+    def _subscriber_backlog(self) -> int:
+        return max((c.queued_bytes for c in self.api_connections.values()), default=0)
+
+    async def _wait_for_readers(self) -> None:
+        """Give local subscribers time to catch up before the token (and new messages) move
+        on: bounded, so the ring only slows down and never times out."""
+        self.backpressure_holds += 1
+        limit = BACKPRESSURE_HOLD_MAX_FRACTION * self.cfg.totem.token_retransmit_s
+        with trio.move_on_after(limit):
+            while self._subscriber_backlog() > SUBSCRIBER_BACKLOG_HIGH_BYTES:
+                await trio.sleep(BACKPRESSURE_POLL_S)
 
     async def _config_change(self, change: ConfigChange, now: float) -> None:
         members = ",".join(change.members)
