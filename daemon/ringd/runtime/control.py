@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from ringd.runtime.node import Daemon
 
 # Concurrent control connections; more are answered with an error and closed.
-CONTROL_CONNECTIONS_MAX = 64
+CONTROL_CONNECTIONS_MAX = 256
 # Application data in one send request (all items together).
 API_SEND_BYTES_MAX = 1 << 20
 # Largest request frame: a full send plus its map and per-item overhead. Control ops are

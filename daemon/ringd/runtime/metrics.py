@@ -234,8 +234,11 @@ class DaemonCollector(Collector):
         stats = totem.stats
         state = GaugeMetricFamily("ringd_totem_state", "1 for the Totem state this node is in, else 0.",
                                   labels=["state"])
+        # A gossip-only observer (beyond totem.ring_size_max) is in none of the Totem states.
+        observer = not getattr(getattr(daemon, "ordering", None), "active", True)
         for s in State:
-            state.add_metric([s.name.lower()], 1.0 if totem.state is s else 0.0)
+            state.add_metric([s.name.lower()], 1.0 if totem.state is s and not observer else 0.0)
+        state.add_metric(["observer"], 1.0 if observer else 0.0)
         yield state
         entries = CounterMetricFamily("ringd_totem_state_entries", "Totem state entries, by state and reason.",
                                       labels=["state", "reason"])
