@@ -78,6 +78,8 @@ SUBSCRIBER_BACKLOG_HIGH_BYTES = 4 << 20
 # Longest such hold per token visit: well below token_retransmit_s, so nobody resends it.
 BACKPRESSURE_HOLD_MAX_FRACTION = 0.4
 BACKPRESSURE_POLL_S = 0.001
+# Longest wait for gossip to find other members before Totem starts anyway (alone).
+TOTEM_START_GRACE_S = 0.5
 # Header, MAC and Mcast fields around the packed chunks of one datagram.
 DATAGRAM_ENVELOPE_BYTES = 2048
 # Room for the GroupSend envelope around a largest-size application message.
@@ -148,6 +150,11 @@ class OrderedDelivery:
         # others are gossip-only observers; their Totem datagrams are ignored.
         self.eligible: frozenset[str] = frozenset({self.name})
         self.active = True  # False while we are an observer ourselves
+        # Totem starts once gossip has told us who else is there (or after a grace period
+        # when nobody answers): a newcomer that sent Joins before it knew the ring was full
+        # would make the whole ring reconfigure for nothing.
+        self.started = False
+        self._start_at = now + TOTEM_START_GRACE_S
         self.observer_dropped = 0  # Totem datagrams ignored (from observers, or as one)
         self.groups = GroupsCore(self.name, encode_payload, decode_payload)
         self.latency_agreed = Histogram()
@@ -170,15 +177,31 @@ class OrderedDelivery:
                          ring_seq=read_ring_seq(self.state_dir, self.log), now=now)
 
     def next_deadline(self) -> float:
+        if not self.started:
+            return self._start_at
         return self.totem.next_deadline() if self.active else math.inf
 
     async def tick(self, now: float) -> None:
-        if self.active:
+        if not self.started:
+            if now >= self._start_at:
+                await self._start(now)
+        elif self.active:
             await self._run(self.totem.handle(Tick(), now), now)
+
+    async def _start(self, now: float) -> None:
+        self.started = True
+        if self.name not in self.eligible:
+            self.active = False
+            self.log.warning("the ring is full (totem.ring_size_max=%d): this daemon is a "
+                             "gossip-only observer", self.cfg.totem.ring_size_max)
+            return
+        self.totem = self._new_totem(now)  # timers start now, not at construction
+        await self._run(self.totem.handle(Tick(), now), now)
 
     async def received(self, event: Received, now: float) -> None:
         sender = event.sender
-        if not self.active or (sender not in self.eligible and sender in self.addresses):
+        if not self.started or not self.active or (
+                sender not in self.eligible and sender in self.addresses):
             # A known member beyond the ring size (or we are one): not part of the ring.
             self.observer_dropped += 1
             return
@@ -195,10 +218,14 @@ class OrderedDelivery:
                        if v.state in (MemberState.ALIVE, MemberState.SUSPECT))
         eligible = frozenset(alive[: self.cfg.totem.ring_size_max]) | (
             {self.name} if not alive else frozenset())
-        if eligible == self.eligible:
-            return
         gone, new = self.eligible - eligible, eligible - self.eligible
         self.eligible = eligible
+        if not self.started:
+            if len(alive) > 1:  # gossip found the others: we know where we stand
+                await self._start(now)
+            return
+        if not gone and not new:
+            return
         if self.name not in eligible:
             if self.active:
                 self.active = False
