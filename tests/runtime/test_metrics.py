@@ -141,7 +141,7 @@ API_FAMILIES = {
 }
 # Bounded label values of the new labelled families, all present from the first scrape.
 EXPECTED_LABELS = {
-    "ringd_totem_state": {"state": {"operational", "gather", "commit", "recovery"}},
+    "ringd_totem_state": {"state": {"operational", "gather", "commit", "recovery", "observer"}},
     "ringd_totem_token_lost": {"state": {"operational", "commit", "recovery"}},
     "ringd_totem_messages_delivered": {"order": {"agreed", "safe"}},
     "ringd_totem_datagrams": {"direction": {"in", "out"}},
