@@ -95,9 +95,10 @@ def test_garbage_and_forged_datagrams_are_counted_and_harmless(
     wait_until(all_counted, 15.0, f"drops {expected} to be counted (have {_dropped(target)})")
     assert target.running() and other.running()
     view = target.members()
-    assert view["node2"]["state"] == "alive"
     assert view["node2"]["incarnation"] < other_inc + 5  # the forged incarnation never landed
-    assert all_see(nodes, {"node1": "alive", "node2": "alive"})
+    assert view["node2"]["state"] in ("alive", "suspect")  # never dead; a slow probe may suspect it
+    # (a loaded machine can delay a real probe answer: then node2 refutes and is alive again)
+    wait_until(lambda: all_see(nodes, {"node1": "alive", "node2": "alive"}), CONVERGE_S, "both alive")
 
 
 def _frame(obj: bytes) -> bytes:
