@@ -105,6 +105,16 @@ def _connect_error(sock_path: Path, exc: OSError) -> ClientError:
     return ClientError(f"cannot connect to {sock_path}: {exc.strerror or exc}")
 
 
+async def _open_stream(path: str | Path | None) -> tuple[trio.SocketStream, Path]:
+    """A stream to the daemon's socket (default socket if None), or a one-line ClientError."""
+    sock_path = resolve_socket(path)
+    try:
+        stream = await trio.open_unix_socket(os.fspath(sock_path))
+    except OSError as exc:
+        raise _connect_error(sock_path, exc) from None
+    return stream, sock_path
+
+
 class ControlClient:
     """One connection to a daemon's control socket (Trio)."""
 
@@ -117,12 +127,7 @@ class ControlClient:
     @classmethod
     async def connect(cls, path: str | Path | None = None) -> ControlClient:
         """Connect to the daemon at ``path`` (default socket if None)."""
-        sock_path = resolve_socket(path)
-        try:
-            stream = await trio.open_unix_socket(os.fspath(sock_path))
-        except OSError as exc:
-            raise _connect_error(sock_path, exc) from None
-        return cls(stream, sock_path)
+        return cls(*await _open_stream(path))
 
     async def __aenter__(self) -> ControlClient:
         return self
@@ -446,12 +451,7 @@ class RingClient:
     @classmethod
     async def connect(cls, path: str | Path | None = None) -> RingClient:
         """Connect to the daemon at ``path`` (default socket if None); enter it with ``async with``."""
-        sock_path = resolve_socket(path)
-        try:
-            stream = await trio.open_unix_socket(os.fspath(sock_path))
-        except OSError as exc:
-            raise _connect_error(sock_path, exc) from None
-        return cls(stream, sock_path)
+        return cls(*await _open_stream(path))
 
     async def __aenter__(self) -> RingClient:
         stack = AsyncExitStack()
