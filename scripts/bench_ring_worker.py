@@ -16,6 +16,7 @@ import argparse
 import hashlib
 import json
 import os
+import random
 import struct
 import time
 from pathlib import Path
@@ -190,7 +191,10 @@ async def _send_paced(c: RingClient, a: argparse.Namespace, end: float, out: dic
     """``--rate`` messages/s, one per send call; each send is its own task so a slow (safe)
     send does not delay the next one."""
     period = 1.0 / a.rate
-    t0 = trio.current_time()
+    # Independent senders: a random phase, so that N senders started by one "go" do not
+    # all send in the same millisecond of every period (a lock-step burst no real clients
+    # would produce, which measures queueing behind each other rather than latency).
+    t0 = trio.current_time() + random.random() * period
 
     async def one(k: int) -> None:
         try:
