@@ -36,11 +36,15 @@ from ringd.core.events import (
     UserEventDelivered,
 )
 from ringd.core.gossip import GossipCore
+from ringd.core.groups import GroupsCore
+from ringd.core.histogram import Histogram
+from ringd.core.totem import TotemCore
 from ringd.messages import Address
 from ringd.runtime.api_types import ApiConnection, ApiDisconnect, ApiRequest
 from ringd.runtime.control import ControlServer, ControlSocketError, ControlStats
 from ringd.runtime.logs import level_number, setup_logging
 from ringd.runtime.ordering import TOTEM_MESSAGE_TYPES, OrderedDelivery
+from ringd.runtime.state_files import read_counter, write_counter
 from ringd.runtime.udp import UdpTransport, open_udp_transport
 from ringd.wire import Codec, KeyFileError, load_key
 
@@ -64,23 +68,13 @@ def parse_hostport(text: str) -> Address:
 
 
 def read_incarnation(state_dir: Path, log: logging.Logger) -> int | None:
-    """The incarnation persisted by the previous run, or None on a first start."""
-    path = state_dir / INCARNATION_FILE
-    try:
-        return int(path.read_text().strip())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        # Written atomically, so this is operator damage; the core refutes stale views anyway.
-        log.warning("ignoring unreadable %s: %s", path, exc)
-        return None
+    """The incarnation persisted by the previous run, or None on a first start (a damaged
+    file counts as none: the core refutes stale views anyway)."""
+    return read_counter(state_dir / INCARNATION_FILE, log)
 
 
 def write_incarnation(state_dir: Path, incarnation: int) -> None:
-    """Persist atomically: write a temporary file, then rename over the old one."""
-    tmp = state_dir / (INCARNATION_FILE + ".tmp")
-    tmp.write_text(f"{incarnation}\n")
-    os.replace(tmp, state_dir / INCARNATION_FILE)
+    write_counter(state_dir / INCARNATION_FILE, incarnation)
 
 
 def prepare_state_dir(path: Path) -> None:
@@ -144,19 +138,19 @@ class Daemon:
 
     # Read by metrics and status: the ordering side of the daemon.
     @property
-    def totem(self):  # type: ignore[no-untyped-def]
+    def totem(self) -> TotemCore:
         return self.ordering.totem
 
     @property
-    def groups(self):  # type: ignore[no-untyped-def]
+    def groups(self) -> GroupsCore:
         return self.ordering.groups
 
     @property
-    def latency_agreed(self):  # type: ignore[no-untyped-def]
+    def latency_agreed(self) -> Histogram:
         return self.ordering.latency_agreed
 
     @property
-    def latency_safe(self):  # type: ignore[no-untyped-def]
+    def latency_safe(self) -> Histogram:
         return self.ordering.latency_safe
 
     @property

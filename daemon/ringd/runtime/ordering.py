@@ -19,7 +19,6 @@ import collections
 import dataclasses
 import logging
 import math
-import os
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -50,6 +49,7 @@ from ringd.core.totem_events import (
 from ringd.messages import Address, MemberState
 from ringd.runtime.api_types import ApiConnection, ApiDisconnect, ApiRequest
 from ringd.runtime.control import ControlStats
+from ringd.runtime.state_files import read_counter, write_counter
 from ringd.runtime.udp import UdpTransport
 from ringd.totem_messages import (
     CommitToken,
@@ -87,25 +87,13 @@ GROUP_ENVELOPE_BYTES = 1024
 
 
 def read_ring_seq(state_dir: Path, log: logging.Logger) -> int:
-    path = state_dir / RING_SEQ_FILE
-    try:
-        return int(path.read_text().strip())
-    except FileNotFoundError:
-        return 0
-    except (OSError, ValueError) as exc:
-        # Written atomically, so this is operator damage. Starting from 0 is safe only because
-        # other members carry higher ring seqs in their Joins and we adopt the highest.
-        log.warning("ignoring unreadable %s: %s", path, exc)
-        return 0
+    # Missing or damaged: 0 is safe, because other members carry higher ring seqs in their
+    # Joins and we adopt the highest.
+    return read_counter(state_dir / RING_SEQ_FILE, log) or 0
 
 
 def write_ring_seq(state_dir: Path, seq: int) -> None:
-    tmp = state_dir / (RING_SEQ_FILE + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(f"{seq}\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, state_dir / RING_SEQ_FILE)
+    write_counter(state_dir / RING_SEQ_FILE, seq)
 
 
 @dataclass(slots=True)
@@ -157,6 +145,7 @@ class OrderedDelivery:
         self._start_at = now + TOTEM_START_GRACE_S
         self.observer_dropped = 0  # Totem datagrams ignored (from observers, or as one)
         self.groups = GroupsCore(self.name, encode_payload, decode_payload)
+        self._group_events_seen = 0
         self.latency_agreed = Histogram()
         self.latency_safe = Histogram()
         self.ring_changed_wall = time.time()
@@ -190,13 +179,21 @@ class OrderedDelivery:
 
     async def _start(self, now: float) -> None:
         self.started = True
-        if self.name not in self.eligible:
-            self.active = False
-            self.log.warning("the ring is full (totem.ring_size_max=%d): this daemon is a "
-                             "gossip-only observer", self.cfg.totem.ring_size_max)
-            return
-        self.totem = self._new_totem(now)  # timers start now, not at construction
+        if self.name in self.eligible:
+            await self._join_ring(now)
+        else:
+            self._become_observer()
+
+    async def _join_ring(self, now: float) -> None:
+        """Run a fresh processor (like a restart): its timers start now."""
+        self.active = True
+        self.totem = self._new_totem(now)
         await self._run(self.totem.handle(Tick(), now), now)
+
+    def _become_observer(self) -> None:
+        self.active = False
+        self.log.warning("the ring is full (totem.ring_size_max=%d): this daemon is a "
+                         "gossip-only observer", self.cfg.totem.ring_size_max)
 
     async def received(self, event: Received, now: float) -> None:
         sender = event.sender
@@ -228,15 +225,11 @@ class OrderedDelivery:
             return
         if self.name not in eligible:
             if self.active:
-                self.active = False
-                self.log.warning("the ring is full (totem.ring_size_max=%d): this daemon is a "
-                                 "gossip-only observer", self.cfg.totem.ring_size_max)
+                self._become_observer()
             return
         if not self.active:
-            self.active = True
-            self.totem = self._new_totem(now)  # a fresh processor, like a restart
             self.log.info("room in the ring: joining it")
-            await self._run(self.totem.handle(Tick(), now), now)
+            await self._join_ring(now)
             return
         for node in sorted(gone - {self.name}):
             await self._run(self.totem.handle(PeerDead(node=node), now), now)
@@ -446,7 +439,11 @@ class OrderedDelivery:
             conn = conns.get(item.conn)
             if conn is not None:
                 conn.push(item.frame, item.size)  # a full buffer makes the server drop that client
-        self.control_stats.subscribers = self.groups.subscribers()
+        events = self.groups.stats.group_events
+        if events != self._group_events_seen:
+            # Membership changed: recount (a walk over local members, so not per message).
+            self._group_events_seen = events
+            self.control_stats.subscribers = self.groups.subscribers()
 
     def _encode(self, msg: Any) -> bytes | None:
         try:
