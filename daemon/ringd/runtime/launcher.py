@@ -328,22 +328,7 @@ class PrometheusProcess:
         raise LauncherError(f"prometheus did not become ready within {timeout_s:g} s (log: {self.log_path})")
 
     async def stop(self, console: Console) -> None:
-        if self.proc.returncode is not None:
-            return
-        try:
-            self.proc.terminate()
-        except ProcessLookupError:
-            pass
-        with trio.move_on_after(STOP_WAIT_S):
-            await self.proc.wait()
-        if self.proc.returncode is None:
-            console.print(f"prometheus (pid {self.proc.pid}) did not stop: killing it",
-                          highlight=False, soft_wrap=True)
-            try:
-                self.proc.kill()
-            except ProcessLookupError:
-                pass
-            await self.proc.wait()
+        await _stop_processes([("prometheus", self.proc)], console)
 
 
 def _http_ok(url: str) -> bool:
@@ -382,24 +367,29 @@ async def start_prometheus(binary: str, directory: Path, port: int) -> Prometheu
 
 async def _stop_all(nodes: list[NodeProcess], console: Console) -> None:
     """SIGTERM every daemon we started (by PID), wait, SIGKILL leftovers, reap all."""
-    running = [n for n in nodes if n.proc.returncode is None]
-    for node in running:
+    await _stop_processes([(n.name, n.proc) for n in nodes], console)
+
+
+async def _stop_processes(procs: list[tuple[str, trio.Process]], console: Console) -> None:
+    """SIGTERM each (named) process we started, wait, SIGKILL leftovers, reap all."""
+    running = [(name, proc) for name, proc in procs if proc.returncode is None]
+    for _name, proc in running:
         try:
-            node.proc.terminate()
+            proc.terminate()
         except ProcessLookupError:
             pass
     with trio.move_on_after(STOP_WAIT_S):
-        for node in running:
-            await node.proc.wait()
-    for node in running:
-        if node.proc.returncode is None:
-            console.print(f"{node.name} (pid {node.proc.pid}) did not stop: killing it",
+        for _name, proc in running:
+            await proc.wait()
+    for name, proc in running:
+        if proc.returncode is None:
+            console.print(f"{name} (pid {proc.pid}) did not stop: killing it",
                           highlight=False, soft_wrap=True)
             try:
-                node.proc.kill()
+                proc.kill()
             except ProcessLookupError:
                 pass
-            await node.proc.wait()
+            await proc.wait()
 
 
 async def _watch_signals(scope: trio.CancelScope, console: Console,
