@@ -1,9 +1,10 @@
 """Run one ringd daemon: sockets, the driver loop, the control socket, signals.
 
-One nursery per daemon. The UDP receive loops and the control server feed a bounded
-inbox channel; the driver loop is the only task that calls ``core.handle``. Its only
-timer is ``trio.move_on_at(core.next_deadline())``: when it fires the core gets a
-:class:`Tick`. Effects are executed in order right after each ``handle`` call.
+One nursery per daemon. The driver loop is the only task that calls the cores' ``handle``:
+it reads the UDP sockets itself and takes what the control server puts in a bounded inbox
+channel. It parks on the sockets until the earliest ``next_deadline()`` of the cores (its
+only timer); when that passes the core gets a :class:`Tick`. Effects are executed in order
+right after each ``handle`` call.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import random
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -89,6 +91,25 @@ def prepare_state_dir(path: Path) -> None:
 RECENT_EVENTS_MAX = 256
 # Queued events handled before a due timer fires anyway (see Daemon.drive).
 OVERDUE_EVENTS_MAX = 1024
+# Longest the driver runs without letting other tasks (control, client writers) run.
+DRIVER_TURN_S = 0.002
+
+
+class WakingInbox:
+    """The driver's inbox as other tasks see it: a bounded memory channel whose every put
+    also wakes the driver, which parks on the UDP sockets rather than on this channel."""
+
+    def __init__(self, channel: trio.MemorySendChannel[Input], wake: Callable[[], None]) -> None:
+        self._channel = channel
+        self._wake = wake
+
+    async def send(self, event: Input) -> None:
+        await self._channel.send(event)
+        self._wake()
+
+    def send_nowait(self, event: Input) -> None:
+        self._channel.send_nowait(event)
+        self._wake()
 
 
 class Daemon:
@@ -111,8 +132,14 @@ class Daemon:
         self.core = core
         self.transport = transport
         self.codec = codec
-        self.inbox_send = inbox_send
+        self.inbox_send = WakingInbox(inbox_send, self.wake)
         self.inbox_recv = inbox_recv
+        # Datagrams read in one batch and not handled yet; the driver's park, while parked.
+        self._ready: collections.deque[Input] = collections.deque()
+        self._parked: trio.CancelScope | None = None
+        # Our own multicast comes back from the kernel with our bound address as source
+        # (or the advertised one when bound to a wildcard address).
+        self._own = {transport.local_address, own_address}
         self.log = log
         self.control_stats = control_stats
         self.own_address = own_address
@@ -189,61 +216,94 @@ class Daemon:
     # --- the driver loop ----------------------------------------------------------------
 
     async def drive(self) -> int:
-        """Feed inbox events and timer ticks to the cores; execute their effects. Returns the
-        exit code when the gossip core says we are done (LeaveDone) or cannot go on (Fatal)."""
+        """Feed datagrams, inbox events and timer ticks to the cores; execute their effects.
+        Returns the exit code when the gossip core says we are done (LeaveDone) or cannot go
+        on (Fatal)."""
         core = self.core
         ordering = self.ordering
-        inbox = self.inbox_recv
-        # Our own multicast comes back from the kernel with our bound address as source
-        # (or the advertised one when bound to a wildcard address).
-        own = {self.transport.local_address, self.own_address}
         now = trio.current_time()
         done = await self.execute(core.handle(Start(), now))
         await ordering.tick(now)
         overdue_events = 0  # events handled while a timer was already due
+        yielded_at = now
         while done is None:
             now = trio.current_time()
             gossip_at = core.next_deadline()
             totem_at = ordering.next_deadline()
             due = gossip_at <= now or totem_at <= now
+            event = self._next_event()
             # A due timer waits for what is already queued (up to a bound): under load the
-            # token may be sitting in the inbox, and firing token loss first would reform a
+            # token may be waiting in a socket, and firing token loss first would reform a
             # healthy ring. Gossip timers are seconds long; a few ms here change nothing.
-            if due and (overdue_events >= OVERDUE_EVENTS_MAX
-                        or not inbox.statistics().current_buffer_used):
+            if due and (event is None or overdue_events >= OVERDUE_EVENTS_MAX):
+                if event is not None:
+                    self._ready.appendleft(event)
                 overdue_events = 0
                 if gossip_at <= now:
                     done = await self.execute(core.handle(Tick(), now))
-                    continue
-                await ordering.tick(now)
+                else:
+                    await ordering.tick(now)
+                # A timer can be due again at once (a singleton ring passes the token to
+                # itself) and sends do not yield: let the other tasks run.
+                await trio.lowlevel.checkpoint()
+                yielded_at = now
+                continue
+            if event is None:
+                # Nothing to do: park until a datagram arrives, another task puts an event
+                # in the inbox (it cancels this scope) or the next timer is due.
+                with trio.CancelScope(deadline=min(gossip_at, totem_at)) as self._parked:
+                    await self.transport.wait_readable()
+                self._parked = None
+                yielded_at = trio.current_time()
                 continue
             overdue_events += due
-            # Drain without a cancel scope per event; block only when the inbox is empty.
-            try:
-                event = inbox.receive_nowait()
-            except trio.WouldBlock:
-                event = None
-                with trio.move_on_at(min(gossip_at, totem_at)):
-                    event = await inbox.receive()
-                if event is None:
-                    continue
-                now = trio.current_time()
-            tp = type(event)
-            if tp is Received:
-                if event.source in own:  # type: ignore[union-attr]
-                    continue  # our own multicast, looped back by the kernel
-                if type(event.msg) in TOTEM_MESSAGE_TYPES:  # type: ignore[union-attr]
-                    await ordering.received(event, now)  # type: ignore[arg-type]
-                    continue
-            elif tp is ApiRequest:
-                await ordering.api_request(event, now)  # type: ignore[arg-type]
-                continue
-            elif tp is ApiDisconnect:
-                await ordering.api_disconnect(event, now)  # type: ignore[arg-type]
-                continue
-            done = await self.execute(core.handle(event, now))
-            if core.incarnation != self.persisted_incarnation:
-                self.persist_incarnation()
+            done = await self._handle(event, now)
+            if now - yielded_at >= DRIVER_TURN_S:
+                # Busy for a while without parking (a flood): the control server and the
+                # client writers get their turn.
+                await trio.lowlevel.checkpoint()
+                yielded_at = now
+        return done
+
+    def _next_event(self) -> Input | None:
+        """The next event without blocking: datagrams already read, then events other tasks
+        queued, then a new batch of waiting datagrams."""
+        ready = self._ready
+        if ready:
+            return ready.popleft()
+        try:
+            return self.inbox_recv.receive_nowait()
+        except trio.WouldBlock:
+            pass
+        batch = self.transport.receive_ready(self.codec)
+        if not batch:
+            return None
+        ready.extend(batch)
+        return ready.popleft()
+
+    def wake(self) -> None:
+        """Another task queued an event: end the driver's park."""
+        if self._parked is not None:
+            self._parked.cancel()
+
+    async def _handle(self, event: Input, now: float) -> int | None:
+        tp = type(event)
+        if tp is Received:
+            if event.source in self._own:  # type: ignore[union-attr]
+                return None  # our own multicast, looped back by the kernel
+            if type(event.msg) in TOTEM_MESSAGE_TYPES:  # type: ignore[union-attr]
+                await self.ordering.received(event, now)  # type: ignore[arg-type]
+                return None
+        elif tp is ApiRequest:
+            await self.ordering.api_request(event, now)  # type: ignore[arg-type]
+            return None
+        elif tp is ApiDisconnect:
+            await self.ordering.api_disconnect(event, now)  # type: ignore[arg-type]
+            return None
+        core = self.core
+        done = await self.execute(core.handle(event, now))
+        if core.incarnation != self.persisted_incarnation:
+            self.persist_incarnation()
         return done
 
     def persist_incarnation(self) -> None:
@@ -401,7 +461,6 @@ async def run_daemon(cfg: Config, *, task_status: trio.TaskStatus[Daemon] = trio
         async with trio.open_nursery() as nursery:
             daemon._nursery = nursery
             await nursery.start(_signal_watcher, daemon)
-            await nursery.start(transport.serve, codec, inbox_send.clone())
             await nursery.start(control.serve, daemon)
             if metrics is not None:
                 await nursery.start(metrics.serve)

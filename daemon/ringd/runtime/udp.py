@@ -9,15 +9,23 @@ Multicast is *received* on a second socket bound to ``(group, multicast_port)`` 
 SO_REUSEADDR + SO_REUSEPORT, so every daemon of a host can share that port, and joined
 to the group on ``net.multicast_interface``.
 
-The receive loops follow trio's ``dtls_receive_loop``: receive, decode with
-``Codec.decode_untrusted``, hand on with ``send_nowait`` into the bounded inbox, and
-count (never raise) whatever is dropped. IPv4 only.
+Receiving decodes with ``Codec.decode_untrusted`` and counts (never raises) whatever is
+dropped. IPv4 only.
+
+Why the sockets are driven by hand: every datagram on the token's path costs a hop, and a
+trio socket call costs a trip through the scheduler even when it succeeds at once (plus an
+address resolution per ``sendto``). So a send first tries the plain non-blocking socket and
+only waits in trio when the kernel buffer is full. The daemon's driver reads the sockets
+itself (:meth:`UdpTransport.receive_ready`) after waiting on one epoll fd that covers both
+(:meth:`UdpTransport.wait_readable`): a datagram wakes the task that handles it, not a
+receive task that queues it for another task.
 """
 
 from __future__ import annotations
 
 import collections
 import errno
+import select
 import socket
 import struct
 import sys
@@ -31,6 +39,9 @@ from ringd.messages import Address
 from ringd.wire import Codec, WireError
 
 RECV_BYTES_MAX = 65536  # above the largest UDP payload, so oversized datagrams are seen whole
+# Datagrams read from one socket per receive_ready call: the driver handles them and
+# other tasks get a turn before the next batch.
+RECV_BATCH_MAX = 32
 RCVBUF_BYTES = 4 << 20
 SNDBUF_BYTES = 1 << 20
 # Linux only (value from <linux/in.h>; Python 3.11 lacks the constant): deliver to the
@@ -54,11 +65,19 @@ class TransportStats:
 class UdpTransport:
     """Bound UDP sockets of one daemon. Create with :func:`open_udp_transport`."""
 
-    def __init__(self, net: NetConfig, unicast: trio.socket.SocketType,
-                 multicast: trio.socket.SocketType | None) -> None:
+    def __init__(self, net: NetConfig, unicast: socket.socket,
+                 multicast: socket.socket | None) -> None:
         self._net = net
-        self._unicast = unicast
-        self._multicast = multicast
+        # The plain sockets do the work; their trio wrappers only wait (and close them).
+        self._unicast_raw = unicast
+        self._unicast = trio.socket.from_stdlib_socket(unicast)
+        self._multicast_raw = multicast
+        self._multicast = None if multicast is None else trio.socket.from_stdlib_socket(multicast)
+        self._sockets = [unicast] if multicast is None else [unicast, multicast]
+        # One fd that is readable while any socket is: a single task can wait for both.
+        self._poller = select.epoll()
+        for sock in self._sockets:
+            self._poller.register(sock.fileno(), select.EPOLLIN)
         self._group = (net.multicast_group, net.multicast_port)
         host, port = unicast.getsockname()[:2]
         self.local_address = Address(host=host, port=port)
@@ -79,7 +98,10 @@ class UdpTransport:
 
     async def _send_to(self, dest: tuple[str, int], data: bytes) -> None:
         try:
-            await self._unicast.sendto(data, dest)
+            try:
+                self._unicast_raw.sendto(data, dest)
+            except BlockingIOError:
+                await self._unicast.sendto(data, dest)  # buffer full: wait for room
         except (OSError, trio.ClosedResourceError):
             # unreachable peers, full buffers, oversized datagrams, shutdown: the protocols
             # above tolerate loss, so a failed send is a lost datagram, not a crash
@@ -88,51 +110,69 @@ class UdpTransport:
         self.stats.datagrams_out += 1
         self.stats.bytes_out += len(data)
 
+    async def wait_readable(self) -> None:
+        """Return once a datagram waits on any of our sockets (at once if one already does)."""
+        await trio.lowlevel.wait_readable(self._poller.fileno())
+
+    def receive_ready(self, codec: Codec, limit: int = RECV_BATCH_MAX) -> list[Received]:
+        """Read and decode, without blocking, up to ``limit`` waiting datagrams per socket.
+
+        Undecodable datagrams are counted in ``stats.dropped`` and left out."""
+        stats = self.stats
+        out: list[Received] = []
+        for sock in self._sockets:
+            for _ in range(limit):
+                try:
+                    data, source = sock.recvfrom(RECV_BYTES_MAX)
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    if exc.errno == errno.EBADF:
+                        break  # closed under us: the daemon is shutting down
+                    # e.g. ECONNREFUSED from an ICMP port-unreachable for an earlier send
+                    continue
+                stats.datagrams_in += 1
+                stats.bytes_in += len(data)
+                try:
+                    sender, msg = codec.decode_untrusted(data)
+                except WireError as exc:
+                    stats.dropped[exc.reason.value] += 1
+                    continue
+                out.append(Received(msg=msg, sender=sender,
+                                    source=Address(host=source[0], port=source[1])))
+        return out
+
     async def serve(self, codec: Codec, inbox: trio.MemorySendChannel[Received], *,
                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Receive on every socket until closed or cancelled, feeding ``inbox``."""
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._receive_loop, self._unicast, codec, inbox)
-            if self._multicast is not None:
-                nursery.start_soon(self._receive_loop, self._multicast, codec, inbox)
-            task_status.started()
-
-    async def _receive_loop(self, sock: trio.socket.SocketType, codec: Codec,
-                            inbox: trio.MemorySendChannel[Received]) -> None:
-        stats = self.stats
+        """Receive on every socket until closed or cancelled, feeding ``inbox`` (for users
+        without their own loop; the daemon's driver calls :meth:`receive_ready` itself)."""
+        task_status.started()
         while True:
             try:
-                data, source = await sock.recvfrom(RECV_BYTES_MAX)
+                await self.wait_readable()
             except trio.ClosedResourceError:
                 return
-            except OSError as exc:
-                if exc.errno == errno.EBADF:
-                    return
-                # e.g. ECONNREFUSED from an ICMP port-unreachable for an earlier send
-                continue
-            stats.datagrams_in += 1
-            stats.bytes_in += len(data)
-            try:
-                sender, msg = codec.decode_untrusted(data)
-            except WireError as exc:
-                stats.dropped[exc.reason.value] += 1
-                continue
-            received = Received(msg=msg, sender=sender, source=Address(host=source[0], port=source[1]))
-            try:
-                inbox.send_nowait(received)
-            except trio.WouldBlock:
-                stats.dropped["inbox_full"] += 1
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return  # nobody reads any more: the daemon is shutting down
+            for received in self.receive_ready(codec):
+                try:
+                    inbox.send_nowait(received)
+                except trio.WouldBlock:
+                    self.stats.dropped["inbox_full"] += 1
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return  # nobody reads any more
+            await trio.lowlevel.checkpoint()  # under a flood, let the reader of the inbox run
 
     def close(self) -> None:
-        """Close the sockets; receive loops blocked on them end."""
+        """Close the sockets; whoever waits in :meth:`wait_readable` gets ClosedResourceError."""
+        if self._poller.closed:
+            return
+        trio.lowlevel.notify_closing(self._poller.fileno())
+        self._poller.close()
         self._unicast.close()
         if self._multicast is not None:
             self._multicast.close()
 
 
-def _set_buffer(sock: trio.socket.SocketType, option: int, size: int) -> None:
+def _set_buffer(sock: socket.socket, option: int, size: int) -> None:
     try:
         sock.setsockopt(socket.SOL_SOCKET, option, size)
     except OSError:
@@ -144,25 +184,27 @@ async def open_udp_transport(net: NetConfig) -> UdpTransport:
 
     Raises OSError (e.g. EADDRINUSE) when a socket cannot be set up.
     """
-    unicast = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    multicast: trio.socket.SocketType | None = None
+    unicast = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    unicast.setblocking(False)
+    multicast: socket.socket | None = None
     try:
         _set_buffer(unicast, socket.SO_RCVBUF, RCVBUF_BYTES)
         _set_buffer(unicast, socket.SO_SNDBUF, SNDBUF_BYTES)
-        await unicast.bind((net.bind_host, net.port))
+        unicast.bind((net.bind_host, net.port))
         if net.multicast_enabled:
             interface = socket.inet_aton(net.multicast_interface)
             unicast.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, interface)
             unicast.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, net.multicast_ttl)
             unicast.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
 
-            multicast = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            multicast = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            multicast.setblocking(False)
             multicast.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             multicast.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             _set_buffer(multicast, socket.SO_RCVBUF, RCVBUF_BYTES)
             if IP_MULTICAST_ALL is not None:
                 multicast.setsockopt(socket.IPPROTO_IP, IP_MULTICAST_ALL, 0)
-            await multicast.bind((net.multicast_group, net.multicast_port))
+            multicast.bind((net.multicast_group, net.multicast_port))
             membership = struct.pack("4s4s", socket.inet_aton(net.multicast_group), interface)
             multicast.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, membership)
     except BaseException:
