@@ -48,6 +48,7 @@ from typing import Any
 import trio
 
 from ringd.config import default_socket_path
+from ringd.runtime.stream import SocketConnection
 from ringd.wire import FrameReader, WireError, pack_frame
 
 REQUEST_TIMEOUT_S = 5.0
@@ -113,6 +114,14 @@ async def _open_stream(path: str | Path | None) -> tuple[trio.SocketStream, Path
     except OSError as exc:
         raise _connect_error(sock_path, exc) from None
     return stream, sock_path
+
+
+async def _open_connection(path: str | Path | None) -> tuple[SocketConnection, Path]:
+    """Like :func:`_open_stream`, as a :class:`SocketConnection` (no scheduler round trip
+    per read or write: the ordered-delivery path is latency-bound)."""
+    stream, sock_path = await _open_stream(path)
+    fd = stream.socket.detach()
+    return SocketConnection(stdlib_socket.socket(fileno=fd)), sock_path
 
 
 class ControlClient:
@@ -434,7 +443,7 @@ class RingClient:
     joined groups must keep reading events, or the daemon drops it.
     """
 
-    def __init__(self, stream: trio.SocketStream, path: Path,
+    def __init__(self, stream: SocketConnection, path: Path,
                  events_buffered: int = EVENT_FRAMES_BUFFERED) -> None:
         self._stream = stream
         self.path = path
@@ -451,7 +460,7 @@ class RingClient:
     @classmethod
     async def connect(cls, path: str | Path | None = None) -> RingClient:
         """Connect to the daemon at ``path`` (default socket if None); enter it with ``async with``."""
-        return cls(*await _open_stream(path))
+        return cls(*await _open_connection(path))
 
     async def __aenter__(self) -> RingClient:
         stack = AsyncExitStack()

@@ -72,7 +72,7 @@ from ringd.totem_messages import (
 HOLD_TOKEN_TIMEOUT_FRACTION = 0.4  # a held token is released well before others time out
 
 # What others send by multicast: receiving any of these shows we are not deaf to it.
-_MULTICAST_TYPES = frozenset({Mcast, Recovered, Join, MergeDetect, TokenHoldCancel})
+_MULTICAST_TYPES = frozenset({Mcast, Recovered, Join, MergeDetect})
 
 __all__ = ["Reason", "State", "TotemCore"]
 
@@ -450,5 +450,8 @@ class TotemCore(ReceiveMixin, GatherCommitMixin):
             self.stats.hold_cancels += 1
             self._release_hold(out)
         elif self._rep_holding and self.ring is not None:
+            # Only the representative holds the token: ask it alone, so that one send
+            # does not wake every member.
             self._rep_holding = False
-            out.append(Broadcast(msg=TokenHoldCancel(ring_id=self.ring.ring_id)))
+            ring = self.ring
+            out.append(SendTo(dest=ring.members[0], msg=TokenHoldCancel(ring_id=ring.ring_id)))

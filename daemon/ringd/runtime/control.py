@@ -11,9 +11,10 @@ loop stays the only caller of ``core.handle``. Client API ops (``group_join``,
 ``group_leave``, ``send``, ``group_members``, ``ring``) are validated here and handed to the
 driver as :class:`~ringd.runtime.api_types.ApiRequest`, one outstanding per connection.
 
-Every connection has a bounded outgoing buffer drained by its own writer task, so the
-driver pushes events without blocking; a client that stops reading is dropped when its
-buffer fills (``ControlStats.slow_dropped``) and nobody else slows down.
+Frames for a client are written straight to its socket while the kernel takes them;
+beyond that every connection has a bounded outgoing buffer drained by its own writer
+task, so the driver pushes events without blocking; a client that stops reading is
+dropped when its buffer fills (``ControlStats.slow_dropped``) and nobody else slows down.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import trio
 import ringd
 from ringd.core.events import Input, SendUserEvent, SetTags
 from ringd.runtime.api_types import ApiConnection, ApiDisconnect, ApiRequest
+from ringd.runtime.stream import SocketConnection, accept
 from ringd.wire import FrameReader, WireError, pack_frame
 
 if TYPE_CHECKING:
@@ -52,8 +54,6 @@ API_SEND_BYTES_MAX = 1 << 20
 CONTROL_FRAME_BYTES_MAX = 2 * API_SEND_BYTES_MAX + (64 << 10)
 # A group name is an identifier, not data.
 GROUP_NAME_BYTES_MAX = 255
-# The writer task coalesces queued frames into one send_all of about this many bytes.
-WRITE_BATCH_BYTES = 256 << 10
 # After the client's side ended (or a malformed frame), queued frames get this long to go out.
 CLOSE_FLUSH_TIMEOUT_S = 2.0
 # Bytes read from a control connection at a time.
@@ -188,7 +188,7 @@ class ControlServer:
         self.path = path
         self.log = log
         self.stats = ControlStats()
-        self._sock: trio.socket.SocketType | None = None
+        self._sock: stdlib_socket.socket | None = None
         self._inode: int | None = None
         self._limiter = trio.CapacityLimiter(CONTROL_CONNECTIONS_MAX)
         self._conn_ids = itertools.count(1)
@@ -204,9 +204,10 @@ class ControlServer:
         if len(os.fsencode(path)) >= 108:
             raise ControlSocketError(f"control socket path {path} is too long (unix sockets allow 107 bytes)")
         await self._remove_stale(path)
-        sock = trio.socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
+        sock = stdlib_socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
+        sock.setblocking(False)
         try:
-            await sock.bind(os.fspath(path))
+            sock.bind(os.fspath(path))
             os.chmod(path, 0o660)
             sock.listen(16)
         except OSError as exc:
@@ -241,18 +242,21 @@ class ControlServer:
 
     async def serve(self, daemon: Daemon, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         assert self._sock is not None, "bind() first"
-        listener = trio.SocketListener(self._sock)
-
-        async def handler(stream: trio.SocketStream) -> None:
-            await self._handle_connection(daemon, stream)
-
+        listener = self._sock
         async with trio.open_nursery() as nursery:
-            await nursery.start(trio.serve_listeners, handler, [listener])
             task_status.started()
+            while True:
+                try:
+                    stream = await accept(listener)
+                except trio.ClosedResourceError:
+                    return
+                nursery.start_soon(self._handle_connection, daemon, stream)
 
     def close(self) -> None:
         """Unlink the socket file if it is still the one we created."""
         if self._sock is not None:
+            if self._sock.fileno() != -1:
+                trio.lowlevel.notify_closing(self._sock)
             self._sock.close()
             self._sock = None
         if self._inode is not None:
@@ -263,7 +267,7 @@ class ControlServer:
                 pass
             self._inode = None
 
-    async def _handle_connection(self, daemon: Daemon, stream: trio.SocketStream) -> None:
+    async def _handle_connection(self, daemon: Daemon, stream: SocketConnection) -> None:
         self.stats.connections_total += 1
         async with stream:
             try:
@@ -277,7 +281,7 @@ class ControlServer:
             finally:
                 self._limiter.release()
 
-    async def _serve_connection(self, daemon: Daemon, stream: trio.SocketStream) -> None:
+    async def _serve_connection(self, daemon: Daemon, stream: SocketConnection) -> None:
         scope = trio.CancelScope()
 
         def overflow(conn: ApiConnection) -> None:
@@ -286,7 +290,7 @@ class ControlServer:
                              conn.conn, conn.pid)
             scope.cancel()
 
-        conn = ApiConnection(next(self._conn_ids), _peer_pid(stream), overflow)
+        conn = ApiConnection(next(self._conn_ids), _peer_pid(stream), overflow, sink=stream)
         # Stand-in daemons of older tests have no registry; the real one always does.
         registry: dict[int, ApiConnection] | None = getattr(daemon, "api_connections", None)
         if registry is not None:
@@ -295,12 +299,12 @@ class ControlServer:
         try:
             with scope:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._write_frames, conn, stream)
+                    nursery.start_soon(conn.write_backlog, stream)
                     await self._serve_requests(daemon, conn, stream)
                     # Our side is done reading: let the writer send what is queued (e.g. the
                     # error about a malformed frame), but not forever.
                     conn.close()
-                    conn.outgoing_send.close()
+                    conn.finish()
                     nursery.cancel_scope.deadline = trio.current_time() + CLOSE_FLUSH_TIMEOUT_S
         except* (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
             pass  # the client went away
@@ -314,32 +318,7 @@ class ControlServer:
                 # memberships go away with the daemon anyway.
                 await _put_disconnect(daemon, conn)
 
-    async def _write_frames(self, conn: ApiConnection, stream: trio.SocketStream) -> None:
-        """Drain the connection's outgoing buffer into the socket, several frames per write."""
-        recv = conn.outgoing_recv
-        async for item in recv:
-            chunks: list[bytes] = []
-            size = 0
-            while True:
-                frame, pushed_bytes = item
-                conn.written(pushed_bytes)
-                try:
-                    data = pack_frame(frame)
-                except ValueError as exc:  # a bug in whoever built the frame
-                    self.log.error("dropping a frame for connection %d: %s", conn.conn, exc)
-                    data = b""
-                chunks.append(data)
-                size += len(data)
-                if size >= WRITE_BATCH_BYTES:
-                    break
-                try:
-                    item = recv.receive_nowait()
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-            if chunks:
-                await stream.send_all(b"".join(chunks))
-
-    async def _serve_requests(self, daemon: Daemon, conn: ApiConnection, stream: trio.SocketStream) -> None:
+    async def _serve_requests(self, daemon: Daemon, conn: ApiConnection, stream: SocketConnection) -> None:
         reader = FrameReader(CONTROL_FRAME_BYTES_MAX)
         while True:
             data = await stream.receive_some(CONTROL_READ_BYTES_MAX)
@@ -470,7 +449,7 @@ class ControlServer:
         return {"ok": True}, None
 
 
-async def _send(stream: trio.SocketStream, obj: Any) -> None:
+async def _send(stream: SocketConnection, obj: Any) -> None:
     await stream.send_all(pack_frame(obj))
 
 
@@ -481,7 +460,7 @@ async def _put_disconnect(daemon: Daemon, conn: ApiConnection) -> None:
         pass  # the daemon is shutting down
 
 
-def _peer_pid(stream: trio.SocketStream) -> int:
+def _peer_pid(stream: SocketConnection) -> int:
     """The client's process id from SO_PEERCRED (0 where the OS does not tell)."""
     option = getattr(stdlib_socket, "SO_PEERCRED", None)
     if option is None:
