@@ -2,8 +2,9 @@
 
 One nursery per daemon. The driver loop is the only task that calls the cores' ``handle``:
 it reads the UDP sockets itself and takes what the control server puts in a bounded inbox
-channel. It parks on the sockets until the earliest ``next_deadline()`` of the cores (its
-only timer); when that passes the core gets a :class:`Tick`. Effects are executed in order
+channel. It parks on the sockets and an :class:`~ringd.runtime.alarm.Alarm` that rings at
+the earliest ``next_deadline()`` of the cores (its only timer) or when the inbox gets an
+event; a passed deadline gives the core a :class:`Tick`. Effects are executed in order
 right after each ``handle`` call.
 """
 
@@ -42,6 +43,7 @@ from ringd.core.groups import GroupsCore
 from ringd.core.histogram import Histogram
 from ringd.core.totem import TotemCore
 from ringd.messages import Address
+from ringd.runtime.alarm import Alarm
 from ringd.runtime.api_types import ApiConnection, ApiDisconnect, ApiRequest
 from ringd.runtime.control import ControlServer, ControlSocketError, ControlStats
 from ringd.runtime.logs import level_number, setup_logging
@@ -134,9 +136,12 @@ class Daemon:
         self.codec = codec
         self.inbox_send = WakingInbox(inbox_send, self.wake)
         self.inbox_recv = inbox_recv
-        # Datagrams read in one batch and not handled yet; the driver's park, while parked.
+        # Datagrams read in one batch and not handled yet.
         self._ready: collections.deque[Input] = collections.deque()
-        self._parked: trio.CancelScope | None = None
+        # Wakes the driver parked on the sockets; its timer task runs in our nursery.
+        self.alarm = Alarm()
+        transport.watch(self.alarm.fd)
+        self._gossip_handled = False  # the gossip core's next deadline may have moved
         # Our own multicast comes back from the kernel with our bound address as source
         # (or the advertised one when bound to a wildcard address).
         self._own = {transport.local_address, own_address}
@@ -223,12 +228,17 @@ class Daemon:
         ordering = self.ordering
         now = trio.current_time()
         done = await self.execute(core.handle(Start(), now))
+        gossip_at = core.next_deadline()
         await ordering.tick(now)
         overdue_events = 0  # events handled while a timer was already due
         yielded_at = now
         while done is None:
             now = trio.current_time()
-            gossip_at = core.next_deadline()
+            if self._gossip_handled:
+                # Only the gossip core's own handle() moves its timers: ask it only then
+                # (the token path never touches gossip).
+                self._gossip_handled = False
+                gossip_at = core.next_deadline()
             totem_at = ordering.next_deadline()
             due = gossip_at <= now or totem_at <= now
             event = self._next_event()
@@ -240,6 +250,7 @@ class Daemon:
                     self._ready.appendleft(event)
                 overdue_events = 0
                 if gossip_at <= now:
+                    self._gossip_handled = True
                     done = await self.execute(core.handle(Tick(), now))
                 else:
                     await ordering.tick(now)
@@ -250,10 +261,10 @@ class Daemon:
                 continue
             if event is None:
                 # Nothing to do: park until a datagram arrives, another task puts an event
-                # in the inbox (it cancels this scope) or the next timer is due.
-                with trio.CancelScope(deadline=min(gossip_at, totem_at)) as self._parked:
-                    await self.transport.wait_readable()
-                self._parked = None
+                # in the inbox, or the next timer is due (both ring the alarm).
+                self.alarm.park(min(gossip_at, totem_at))
+                await self.transport.wait_readable()
+                self.alarm.unpark()
                 yielded_at = trio.current_time()
                 continue
             overdue_events += due
@@ -283,8 +294,7 @@ class Daemon:
 
     def wake(self) -> None:
         """Another task queued an event: end the driver's park."""
-        if self._parked is not None:
-            self._parked.cancel()
+        self.alarm.ring()
 
     async def _handle(self, event: Input, now: float) -> int | None:
         tp = type(event)
@@ -301,6 +311,7 @@ class Daemon:
             await self.ordering.api_disconnect(event, now)  # type: ignore[arg-type]
             return None
         core = self.core
+        self._gossip_handled = True
         done = await self.execute(core.handle(event, now))
         if core.incarnation != self.persisted_incarnation:
             self.persist_incarnation()
@@ -401,6 +412,7 @@ async def run_daemon(cfg: Config, *, task_status: trio.TaskStatus[Daemon] = trio
     control = ControlServer(cfg.socket_path, log)
     transport: UdpTransport | None = None
     metrics: MetricsServer | None = None
+    daemon: Daemon | None = None
     try:
         try:
             key = load_key(cfg.key_file) if cfg.key_file else None
@@ -462,6 +474,7 @@ async def run_daemon(cfg: Config, *, task_status: trio.TaskStatus[Daemon] = trio
             daemon._nursery = nursery
             await nursery.start(_signal_watcher, daemon)
             await nursery.start(control.serve, daemon)
+            nursery.start_soon(daemon.alarm.run_timer)
             if metrics is not None:
                 await nursery.start(metrics.serve)
             print(startup_line(cfg, address), flush=True)
@@ -475,6 +488,8 @@ async def run_daemon(cfg: Config, *, task_status: trio.TaskStatus[Daemon] = trio
         log.error("%s", exc)
         return 1
     finally:
+        if daemon is not None:
+            daemon.alarm.close()
         control.close()
         if transport is not None:
             transport.close()

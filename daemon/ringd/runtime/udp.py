@@ -42,6 +42,7 @@ RECV_BYTES_MAX = 65536  # above the largest UDP payload, so oversized datagrams 
 # Datagrams read from one socket per receive_ready call: the driver handles them and
 # other tasks get a turn before the next batch.
 RECV_BATCH_MAX = 32
+SOURCE_ADDRESSES_CACHED = 1024
 RCVBUF_BYTES = 4 << 20
 SNDBUF_BYTES = 1 << 20
 # Linux only (value from <linux/in.h>; Python 3.11 lacks the constant): deliver to the
@@ -73,6 +74,8 @@ class UdpTransport:
         self._unicast = trio.socket.from_stdlib_socket(unicast)
         self._multicast_raw = multicast
         self._multicast = None if multicast is None else trio.socket.from_stdlib_socket(multicast)
+        # Source (host, port) -> Address: the same few peers send every datagram.
+        self._addresses: dict[tuple[str, int], Address] = {}
         self._sockets = [unicast] if multicast is None else [unicast, multicast]
         # One fd that is readable while any socket is: a single task can wait for both.
         self._poller = select.epoll()
@@ -110,6 +113,10 @@ class UdpTransport:
         self.stats.datagrams_out += 1
         self.stats.bytes_out += len(data)
 
+    def watch(self, fd: int) -> None:
+        """Also end :meth:`wait_readable` while ``fd`` is readable (e.g. a wake-up eventfd)."""
+        self._poller.register(fd, select.EPOLLIN)
+
     async def wait_readable(self) -> None:
         """Return once a datagram waits on any of our sockets (at once if one already does)."""
         await trio.lowlevel.wait_readable(self._poller.fileno())
@@ -119,6 +126,7 @@ class UdpTransport:
 
         Undecodable datagrams are counted in ``stats.dropped`` and left out."""
         stats = self.stats
+        addresses = self._addresses
         out: list[Received] = []
         for sock in self._sockets:
             for _ in range(limit):
@@ -138,8 +146,12 @@ class UdpTransport:
                 except WireError as exc:
                     stats.dropped[exc.reason.value] += 1
                     continue
-                out.append(Received(msg=msg, sender=sender,
-                                    source=Address(host=source[0], port=source[1])))
+                address = addresses.get(source)
+                if address is None:
+                    if len(addresses) >= SOURCE_ADDRESSES_CACHED:
+                        addresses.clear()  # a flood of forged sources: start over
+                    address = addresses[source] = Address(host=source[0], port=source[1])
+                out.append(Received(msg=msg, sender=sender, source=address))
         return out
 
     async def serve(self, codec: Codec, inbox: trio.MemorySendChannel[Received], *,
