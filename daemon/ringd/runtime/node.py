@@ -106,7 +106,10 @@ class WakingInbox:
         self._wake = wake
 
     async def send(self, event: Input) -> None:
-        await self._channel.send(event)
+        try:
+            self._channel.send_nowait(event)  # no scheduler round before the driver sees it
+        except trio.WouldBlock:
+            await self._channel.send(event)
         self._wake()
 
     def send_nowait(self, event: Input) -> None:
