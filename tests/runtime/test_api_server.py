@@ -14,7 +14,7 @@ import pytest
 import trio
 from fake_api import NODE, serving
 
-from ringd.runtime import api_types
+from ringd.runtime import api_types, control
 from ringd.wire import FrameReader, pack_frame
 
 FRAME_TIMEOUT_S = 10.0
@@ -157,24 +157,33 @@ async def test_malformed_frame_gets_an_error_then_disconnect(short_tmp: Path) ->
         await big.expect_eof()
 
 
-async def test_one_outstanding_request_per_connection(short_tmp: Path) -> None:
+async def test_sends_are_pipelined_up_to_a_byte_bound_and_other_ops_wait_behind_them(
+        short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(control, "PIPELINED_SEND_BYTES_MAX", 10)
     async with serving(short_tmp / "api.sock") as s:
         s.driver.hold_sends = True
         busy = await RawConn.open(s.path)
         other = await RawConn.open(s.path)
-        await busy.send({"op": "send", "group": "g", "data": b"a", "id": 1},
-                        {"op": "send", "group": "g", "data": b"b", "id": 2})
-        await s.driver.wait_for(lambda: len(s.driver.held) == 1)
-        # Another connection is served meanwhile; the second request of `busy` is not read
-        # until the driver replied to its first one.
+        await busy.send({"op": "send", "group": "g", "data": b"a" * 4, "id": 1},
+                        {"op": "send", "group": "g", "data": b"b" * 4, "id": 2},
+                        {"op": "send", "group": "g", "data": b"c" * 4, "id": 3},
+                        {"op": "ring", "id": 4})
+        # Two unanswered sends fit the bound (8 bytes); the third is not read before room.
+        await s.driver.wait_for(lambda: len(s.driver.held) == 2)
+        # Another connection is served meanwhile.
         assert (await other.call({"op": "ring", "id": 9}))["id"] == 9
-        assert [r.request["data"] for r in s.driver.held] == [[b"a"]]
-        s.driver.deliver(s.driver.held.pop())
+        assert [r.request["data"] for r in s.driver.held] == [[b"aaaa"], [b"bbbb"]]
+        s.driver.deliver(s.driver.held.pop(0))
         assert await busy.next() == {"ok": True, "count": 1, "id": 1}
-        await s.driver.wait_for(lambda: len(s.driver.held) == 1)
-        assert s.driver.held[0].request["data"] == [b"b"]
-        s.driver.deliver(s.driver.held.pop())
+        await s.driver.wait_for(lambda: len(s.driver.held) == 2)
+        assert s.driver.held[1].request["data"] == [b"cccc"]
+        s.driver.deliver(s.driver.held.pop(0))
         assert await busy.next() == {"ok": True, "count": 1, "id": 2}
+        # The ring request waits until every send before it is answered: never overtakes.
+        assert [r.op for r in s.driver.requests if r.conn == s.driver.held[0].conn] == ["send"] * 3
+        s.driver.deliver(s.driver.held.pop(0))
+        assert await busy.next() == {"ok": True, "count": 1, "id": 3}
+        assert (await busy.next())["id"] == 4
 
 
 async def test_slow_subscriber_is_dropped_and_others_keep_receiving(

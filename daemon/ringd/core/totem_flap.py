@@ -48,6 +48,8 @@ class FlapDamper:
         return {n for n, until in self._held_until.items() if now < until}
 
     def next_release(self) -> float:
+        if not self._held_until:
+            return math.inf  # the common case, asked once per event
         return min((t for t in self._held_until.values() if t < math.inf), default=math.inf)
 
     def released(self, now: float) -> list[str]:

@@ -9,7 +9,11 @@ answered here: handlers read core state directly (one Trio thread, no await betw
 reads); anything that changes the daemon goes through the inbox as an event, so the driver
 loop stays the only caller of ``core.handle``. Client API ops (``group_join``,
 ``group_leave``, ``send``, ``group_members``, ``ring``) are validated here and handed to the
-driver as :class:`~ringd.runtime.api_types.ApiRequest`, one outstanding per connection.
+driver as :class:`~ringd.runtime.api_types.ApiRequest`. Sends are pipelined: a connection
+may have several unanswered sends (up to :data:`PIPELINED_SEND_BYTES_MAX` of data), so a
+client waiting for safe delivery does not stop its next message from entering the ring;
+any other API op waits until the connection's sends are answered, so it never overtakes
+one.
 
 Frames for a client are written straight to its socket while the kernel takes them;
 beyond that every connection has a bounded outgoing buffer drained by its own writer
@@ -56,6 +60,10 @@ CONTROL_FRAME_BYTES_MAX = 2 * API_SEND_BYTES_MAX + (64 << 10)
 GROUP_NAME_BYTES_MAX = 255
 # After the client's side ended (or a malformed frame), queued frames get this long to go out.
 CLOSE_FLUSH_TIMEOUT_S = 2.0
+# Data of a connection's unanswered send requests beyond which we stop reading its next
+# request (one send of any size is always taken): the daemon holds at most this much
+# parked per connection, and the client feels the backpressure in its socket.
+PIPELINED_SEND_BYTES_MAX = 256 << 10
 # Bytes read from a control connection at a time.
 CONTROL_READ_BYTES_MAX = 65536
 # A user event rides in gossip piggyback space, so it must stay small (Serf: 512 B).
@@ -320,6 +328,7 @@ class ControlServer:
 
     async def _serve_requests(self, daemon: Daemon, conn: ApiConnection, stream: SocketConnection) -> None:
         reader = FrameReader(CONTROL_FRAME_BYTES_MAX)
+        in_flight = _InFlight()
         while True:
             data = await stream.receive_some(CONTROL_READ_BYTES_MAX)
             if not data:
@@ -331,11 +340,13 @@ class ControlServer:
                 conn.push({"ok": False, "error": f"malformed frame: {exc}"})
                 return  # the byte stream cannot be resynchronised
             for request in requests:
-                await self._handle_request(daemon, conn, request)
+                await self._handle_request(daemon, conn, request, in_flight)
 
-    async def _handle_request(self, daemon: Daemon, conn: ApiConnection, request: Any) -> None:
-        """Answer one request; an API request waits here until the driver replied, so a
-        connection has at most one outstanding ApiRequest."""
+    async def _handle_request(self, daemon: Daemon, conn: ApiConnection, request: Any,
+                              in_flight: _InFlight) -> None:
+        """Answer one request. A send returns once the driver has it (its reply comes
+        later, in the order the driver answers); any other API request waits here until
+        the driver replied."""
         request_id = request.get("id") if isinstance(request, dict) else None
         if request_id is not None and type(request_id) is not int:
             self.stats.errors["bad_request"] += 1
@@ -367,19 +378,28 @@ class ControlServer:
             answer({"ok": False, "error": str(exc)})
             return
         self.stats.requests[op] += 1
-        replied = trio.Event()
+        size = sum(len(item) for item in normalised["data"]) if op == "send" else 0
+        if op == "send":
+            await in_flight.wait_for_room(size)
+        else:
+            await in_flight.wait_until_empty()  # never overtake an unanswered send
+        in_flight.add(size)
+        replied = False
 
         def reply(frame: dict[str, Any]) -> None:
-            if replied.is_set():
+            nonlocal replied
+            if replied:
                 self.log.error("second reply to %s on connection %d ignored", op, conn.conn)
                 return
-            replied.set()
+            replied = True
+            in_flight.remove(size)
             answer(frame)
 
         conn.made_requests = True
         await daemon.inbox_send.send(ApiRequest(conn=conn.conn, pid=conn.pid, op=op,
                                                 request=normalised, reply=reply))
-        await replied.wait()
+        if op != "send":
+            await in_flight.wait_until_empty()
 
     def _dispatch(
         self, daemon: Daemon, request: Any
@@ -447,6 +467,33 @@ class ControlServer:
             return {"ok": False, "error": f"{op}: daemon busy (inbox full), try again"}, None
         self.stats.requests[op] += 1
         return {"ok": True}, None
+
+
+class _InFlight:
+    """The API requests of one connection that the driver has not answered yet."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.bytes = 0
+        self._changed = trio.Event()
+
+    def add(self, size: int) -> None:
+        self.count += 1
+        self.bytes += size
+
+    def remove(self, size: int) -> None:
+        self.count -= 1
+        self.bytes -= size
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_for_room(self, size: int) -> None:
+        while self.count and self.bytes + size > PIPELINED_SEND_BYTES_MAX:
+            await self._changed.wait()
+
+    async def wait_until_empty(self) -> None:
+        while self.count:
+            await self._changed.wait()
 
 
 async def _send(stream: SocketConnection, obj: Any) -> None:

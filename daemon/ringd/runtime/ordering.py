@@ -296,7 +296,9 @@ class OrderedDelivery:
                 req.reply({"ok": False, "error": f"message of {len(item)} bytes exceeds "
                            f"totem.message_bytes_max ({limit})"})
                 return
-        if self.unordered_bytes >= UNORDERED_BYTES_MAX:
+        # Behind parked sends too: a connection may have several sends in flight, and
+        # a later one must not overtake an earlier one that waits for room.
+        if self.unordered_bytes >= UNORDERED_BYTES_MAX or self._parked:
             if req.request.get("wait", True):
                 self._parked.append(req)
             else:
