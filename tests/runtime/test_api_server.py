@@ -1,5 +1,5 @@
 """The client API side of the control server, against a fake driver (fake_api.py) and raw
-frames: request ids, validation, one outstanding request per connection, events, malformed
+frames: request ids, validation, pipelined sends, events, malformed
 frames, slow subscribers, socket mode and peer pid."""
 
 from __future__ import annotations
@@ -184,6 +184,24 @@ async def test_sends_are_pipelined_up_to_a_byte_bound_and_other_ops_wait_behind_
         s.driver.deliver(s.driver.held.pop(0))
         assert await busy.next() == {"ok": True, "count": 1, "id": 3}
         assert (await busy.next())["id"] == 4
+
+
+async def test_client_gone_during_an_unanswered_send_is_noticed_at_once(short_tmp: Path) -> None:
+    async with serving(short_tmp / "api.sock") as s:
+        s.driver.hold_sends = True
+        client = await RawConn.open(s.path)
+        assert (await client.call({"op": "group_join", "group": "g", "id": 1}))["ok"]
+        await client.send({"op": "send", "group": "g", "data": b"x", "safe": True, "id": 2})
+        await s.driver.wait_for(lambda: len(s.driver.held) == 1)
+        conn_id = s.driver.held[0].conn
+        await client.stream.aclose()
+        # The daemon does not wait for the send's reply to see the client go: its
+        # memberships end now, not when the ring has delivered the message.
+        await s.driver.wait_for(lambda: conn_id in s.driver.disconnects)
+        assert s.driver.members["g"] == {}
+        s.driver.deliver(s.driver.held.pop())  # a late reply to a gone client is harmless
+        again = await RawConn.open(s.path)
+        assert (await again.call({"op": "ring", "id": 3}))["ok"]
 
 
 async def test_slow_subscriber_is_dropped_and_others_keep_receiving(

@@ -169,7 +169,7 @@ def _own_address(daemon: Daemon) -> str:
     for view in daemon.core.members():
         if view.name == daemon.core.name:
             return str(view.address)
-    return f"{daemon.cfg.advertise_host}:{daemon.transport.local_address.port}"
+    return str(daemon.own_address)
 
 
 def members_reply(daemon: Daemon) -> dict[str, Any]:

@@ -49,7 +49,7 @@ from ringd.runtime.control import ControlServer, ControlSocketError, ControlStat
 from ringd.runtime.logs import level_number, setup_logging
 from ringd.runtime.ordering import TOTEM_MESSAGE_TYPES, OrderedDelivery
 from ringd.runtime.state_files import read_counter, write_counter
-from ringd.runtime.udp import UdpTransport, open_udp_transport
+from ringd.runtime.udp import UdpTransport, advertised_host, open_udp_transport
 from ringd.wire import Codec, KeyFileError, load_key
 
 if TYPE_CHECKING:
@@ -455,14 +455,20 @@ async def run_daemon(cfg: Config, *, task_status: trio.TaskStatus[Daemon] = trio
             raise StartupError(f"cannot write {state_dir / INCARNATION_FILE}: {exc.strerror}") from None
         codec = Codec(cfg.cluster_name, key=key, datagram_bytes_max=cfg.net.datagram_bytes_max)
         bound = transport.local_address
-        address = Address(host=cfg.advertise_host, port=bound.port)
+        seeds = [parse_hostport(s) for s in cfg.net.seeds]
+        try:
+            address = Address(host=advertised_host(cfg.net, seeds), port=bound.port)
+        except OSError as exc:
+            raise StartupError(f"cannot tell which address peers should use to reach us (bound to "
+                               f"{cfg.net.bind_host}): {exc.strerror or exc}; set net.advertise_host "
+                               f"(--advertise)") from None
         core = GossipCore(
             name=cfg.node_name,
             address=address,
             config=cfg.gossip,
             rng=random.Random(),
             tags=cfg.tags_dict,
-            seeds=[parse_hostport(s) for s in cfg.net.seeds],
+            seeds=seeds,
             incarnation=incarnation,
             multicast=cfg.net.multicast_enabled,
             size_of=codec.size_of,

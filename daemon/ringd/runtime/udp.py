@@ -184,6 +184,31 @@ class UdpTransport:
             self._multicast.close()
 
 
+def advertised_host(net: NetConfig, seeds: list[Address]) -> str:
+    """The address peers should use to reach us: ``advertise_host``, else ``bind_host``;
+    for a wildcard bind (the ``lan`` preset binds 0.0.0.0) the address this host sends
+    from towards the multicast group (or the first seed).
+
+    Peers unicast the token and gossip to what we advertise, and 0.0.0.0 would mean their
+    own host. The kernel's route lookup answers: ``connect`` on a UDP socket sends nothing.
+    Raises OSError when there is no route (the caller asks for ``advertise_host``).
+    """
+    host = net.advertise_host or net.bind_host
+    if host != "0.0.0.0":
+        return host
+    if net.multicast_enabled and net.multicast_interface != "0.0.0.0":
+        return net.multicast_interface  # the interface that sends our multicast
+    if net.multicast_enabled:
+        target = (net.multicast_group, net.multicast_port)
+    elif seeds:
+        target = (seeds[0].host, seeds[0].port)
+    else:
+        raise OSError("no multicast group and no seed to route towards")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(target)
+        return str(probe.getsockname()[0])
+
+
 def _set_buffer(sock: socket.socket, option: int, size: int) -> None:
     try:
         sock.setsockopt(socket.SOL_SOCKET, option, size)
