@@ -137,6 +137,8 @@ class TotemCore(ReceiveMixin, GatherCommitMixin):
         self._held_since = 0.0
         self._last_visit_at: float | None = None
         self._releasing = False
+        # Where a held token released for a member's send goes (None: our successor).
+        self._release_to: str | None = None
         self._rep_holding = False  # a member saw our rep start holding the token
         self._self_msg: Message | None = None  # token to ourselves (a ring of one)
         self._last_sent: tuple[str, Message] | None = None
@@ -412,7 +414,7 @@ class TotemCore(ReceiveMixin, GatherCommitMixin):
             # merge with, and merging a processor that cannot hear them stalls their ring.
             out[mark:] = [e for e in out[mark:] if type(e) is not Broadcast]
         self.stats.token_tx += 1
-        self._forward(ring.next_member, result.token, out)
+        self._forward(self._release_to or ring.next_member, result.token, out)
         ring.deliver(out, self._emit)
         ring.collect()
         if result.failed_to_receive:

@@ -44,24 +44,38 @@ class ReceiveMixin:
         self.stats.merge_detect_tx += 1
         out.append(Broadcast(msg=MergeDetect(ring_id=ring.ring_id)))
 
-    def _release_hold(self: TotemCore, out: list) -> None:
+    def _release_hold(self: TotemCore, out: list, to: str | None = None) -> None:
+        """Visit with the held token now and forward it (to ``to`` instead of our successor:
+        see :meth:`_on_hold_cancel`)."""
         token = self._held
         if token is None:
             return
         self._held = None
         self._hold_until = math.inf
         self._releasing = True
+        self._release_to = to
         try:
             self._on_token(token, self.name, out)
         finally:
             self._releasing = False
+            self._release_to = None
 
     def _on_hold_cancel(self: TotemCore, msg: TokenHoldCancel, sender: str, out: list) -> None:
-        if self._held is not None and self.ring is not None and msg.ring_id == self.ring.ring_id:
-            self.stats.hold_cancels += 1
-            if self.ring is not None:
-                self.ring.idle_visits = 0
-            self._release_hold(out)
+        ring = self.ring
+        if self._held is None or ring is None or msg.ring_id != ring.ring_id:
+            return
+        self.stats.hold_cancels += 1
+        ring.idle_visits = 0
+        # The token goes straight to the member that has something to send, skipping those
+        # between us and it for this rotation: two hops from a send to its multicast
+        # instead of the cancel plus the way round to it. Safe because the ring was idle
+        # when we held (aru == seq: everyone has everything, nothing asked for) and we send
+        # nothing on this visit, so the aru we forward claims nothing the skipped members
+        # have not confirmed; they see the token later in this same rotation.
+        jump = sender != self.name and sender in ring.members and self._app.backlog() == 0
+        self._release_hold(out, to=sender if jump else None)
+        if jump:
+            self.stats.token_jumps += 1
 
     # --- Datagrams ------------------------------------------------------------------------
 

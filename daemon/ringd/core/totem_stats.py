@@ -38,6 +38,7 @@ class TotemStats(_TimingHistograms):
     token_dup_rx: int = 0  # duplicate or stale tokens dropped
     token_held: int = 0  # times the representative held the token on an idle ring
     hold_cancels: int = 0  # held tokens released early for a new send
+    token_jumps: int = 0  # of those, sent straight to the member that asked
     mcast_tx: int = 0  # new datagrams multicast (each carries one or more app messages)
     mcast_rx: int = 0  # datagrams of our ring stored (duplicates excluded)
     mcast_dup_rx: int = 0  # datagrams already held

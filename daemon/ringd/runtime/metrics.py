@@ -298,6 +298,9 @@ class DaemonCollector(Collector):
                        stats.token_held)
         yield _counter("ringd_totem_token_hold_cancels", "Held tokens released early for a new send.",
                        stats.hold_cancels)
+        yield _counter("ringd_totem_token_jumps",
+                       "Held tokens sent straight to the member whose send released them.",
+                       stats.token_jumps)
         for direction, suffix in (("sent", "tx"), ("received", "rx")):
             yield _labelled_counter(
                 f"ringd_totem_membership_messages_{direction}", f"Totem membership messages {direction}, by type.",
