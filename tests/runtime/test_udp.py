@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import select
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -77,8 +78,7 @@ async def test_two_daemons_cannot_share_a_unicast_port() -> None:
             await open_udp_transport(taken)
 
 
-@asynccontextmanager
-async def multicast_pair() -> AsyncIterator[tuple[Running, Running]]:
+async def open_multicast_pair() -> tuple[UdpTransport, UdpTransport]:
     """Two multicast transports on a random port, so concurrent test runs do not collide."""
     rng = random.Random()
     for _attempt in range(5):
@@ -93,10 +93,15 @@ async def multicast_pair() -> AsyncIterator[tuple[Running, Running]]:
             for transport in opened:
                 transport.close()
             continue
-        async with running(opened[0]) as first, running(opened[1]) as second:
-            yield first, second
-        return
+        return opened[0], opened[1]
     pytest.fail("no free multicast port found")
+
+
+@asynccontextmanager
+async def multicast_pair() -> AsyncIterator[tuple[Running, Running]]:
+    first, second = await open_multicast_pair()
+    async with running(first) as a, running(second) as b:
+        yield a, b
 
 
 async def test_multicast_reaches_every_transport_from_the_unicast_address() -> None:
@@ -106,6 +111,22 @@ async def test_multicast_reaches_every_transport_from_the_unicast_address() -> N
             got = await next_received(inbox)
             assert got == Received(msg=Nack(seq=3), sender="a", source=a.local_address)
         assert a.stats.datagrams_out == 1
+
+
+async def test_a_batch_holds_multicast_datagrams_before_unicast_ones() -> None:
+    # A token (unicast) follows the messages its sender multicast just before it. Read
+    # before them, it would make the receiver ask for their retransmission every time.
+    a, b = await open_multicast_pair()
+    try:
+        await a.multicast(CODEC.encode("a", Nack(seq=1)))
+        await a.send(b.local_address, CODEC.encode("a", Nack(seq=2)))
+        with trio.fail_after(WAIT_S):
+            while len(select.select(b._sockets, [], [], 0)[0]) < 2:  # both have a datagram
+                await trio.sleep(0.005)  # poll
+        assert [r.msg for r in b.receive_ready(CODEC)] == [Nack(seq=1), Nack(seq=2)]
+    finally:
+        a.close()
+        b.close()
 
 
 async def test_garbage_is_counted_and_the_transport_keeps_working() -> None:

@@ -83,6 +83,11 @@ class ApiConnection:
         self.queued_bytes = 0
 
     @property
+    def queued_frames(self) -> int:
+        """Frames waiting for the writer task (not counting bytes the kernel refused)."""
+        return len(self._frames)
+
+    @property
     def has_backlog(self) -> bool:
         return bool(self._frames or self._unsent)
 

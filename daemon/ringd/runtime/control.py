@@ -294,8 +294,9 @@ class ControlServer:
 
         def overflow(conn: ApiConnection) -> None:
             self.stats.slow_dropped += 1
-            self.log.warning("dropping client connection %d (pid %d): it does not read its events",
-                             conn.conn, conn.pid)
+            self.log.warning("dropping client connection %d (pid %d): it does not read its events "
+                             "(%d frames, %.1f MiB queued)", conn.conn, conn.pid, conn.queued_frames,
+                             conn.queued_bytes / (1 << 20))
             scope.cancel()
 
         conn = ApiConnection(next(self._conn_ids), _peer_pid(stream), overflow, sink=stream)

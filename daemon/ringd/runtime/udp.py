@@ -76,7 +76,10 @@ class UdpTransport:
         self._multicast = None if multicast is None else trio.socket.from_stdlib_socket(multicast)
         # Source (host, port) -> Address: the same few peers send every datagram.
         self._addresses: dict[tuple[str, int], Address] = {}
-        self._sockets = [unicast] if multicast is None else [unicast, multicast]
+        # Multicast first: a token arrives by unicast right after the messages its sender
+        # multicast before forwarding it, and a token handled before them makes us ask for
+        # their retransmission (corosync likewise drains multicast before a token).
+        self._sockets = [unicast] if multicast is None else [multicast, unicast]
         # One fd that is readable while any socket is: a single task can wait for both.
         self._poller = select.epoll()
         for sock in self._sockets:
