@@ -7,7 +7,7 @@ from totem_harness import Harness
 
 from ringd.config import TotemConfig
 from ringd.core.totem import State
-from ringd.core.totem_events import ConfigKind, Deliver
+from ringd.core.totem_events import ConfigKind, Deliver, ReadersBehind
 from ringd.totem_messages import Mcast, Token
 
 
@@ -137,6 +137,34 @@ def test_flow_control_bounds_each_visit_and_rotation() -> None:
     assert max(t.fcc for t in tokens) >= config.window_size - config.max_messages
     orders = [h.logs[n].delivered_keys() for n in h.names]
     assert orders[0] == orders[1] == orders[2]
+
+
+def test_a_member_whose_readers_are_behind_stops_new_sends_ring_wide_until_they_catch_up() -> None:
+    h = Harness(["a", "b", "c"])
+    h.run_until(h.operational_ring, timeout_s=3.0)
+    rings_before = [len(h.logs[n].configs) for n in h.names]
+    h._input("b", ReadersBehind(behind=True))
+    h.run_for(0.01)  # b's next visit claims the window
+    keys = []
+    for i in range(50):
+        for name in h.names:
+            h.publish(name, i, bytes(100))
+            keys.append((name, i))
+    holds_before = h.cores["a"].stats.token_held
+    h.run_for(0.5)
+    # Nobody orders anything new: not a message got through. Nor does the token spin
+    # meanwhile: with the window claimed the ring counts as idle and its representative
+    # holds the token as usual.
+    assert not any(h.logs[n].deliveries for n in h.names)
+    assert h.cores["b"].stats.throttled_visits >= 1
+    assert h.cores["a"].stats.token_held > holds_before
+    assert all(c.state is State.OPERATIONAL for c in h.cores.values())
+    start = h.now
+    h._input("b", ReadersBehind(behind=False))
+    h.run_until(lambda: h.delivered_everywhere(keys), timeout_s=1.0)
+    assert h.now - start < 0.05  # caught up: b got the held token moving at once
+    h.assert_consistent_order()
+    assert [len(h.logs[n].configs) for n in h.names] == rings_before  # no reconfiguration
 
 
 def test_idle_ring_holds_the_token_and_a_send_cancels_the_hold() -> None:

@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 
 import pytest
 from ordered_helpers import (
@@ -210,6 +211,47 @@ def test_subscriber_that_stops_reading_is_dropped_others_keep_up(daemons: Proces
         assert status["control"]["slow_dropped"] >= 1
     finally:
         stalled.close()
+
+
+# A subscriber on a raw socket that reads 64 KiB, then naps: a few MB/s, far below what a
+# loopback ring carries. It writes each message's data as one line.
+SLOW_READER = (
+    "import socket, sys, time\n"
+    "from ringd.wire import FrameReader, pack_frame\n"
+    "s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
+    "s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)\n"
+    "s.connect(sys.argv[1])\n"
+    "s.sendall(pack_frame({'op': 'group_join', 'group': sys.argv[2], 'id': 1}))\n"
+    "reader, out = FrameReader(), open(sys.argv[3], 'w', buffering=1)\n"
+    "while data := s.recv(65536):\n"
+    "    for frame in reader.feed(data):\n"
+    "        if frame.get('ev') == 'message':\n"
+    "            out.writelines(d.decode() + '\\n' for d in frame['data'])\n"
+    "    time.sleep(0.03)\n"
+)
+
+
+def test_a_subscriber_that_reads_slowly_slows_the_ring_and_is_not_dropped(daemons: ProcessRegistry) -> None:
+    # A short retransmit timeout keeps each token visit's hold for slow readers short (see
+    # BACKPRESSURE_HOLD_MAX_FRACTION): it is throttling the ring that keeps up with this one.
+    nodes = daemons.start_cluster(2, *STEADY, "--set", "totem.token_retransmit_s=0.005")
+    wait_ring(nodes)
+    fast = Subscriber(daemons, nodes[0], "flood")
+    slow_path = daemons.workdir / "slow.txt"
+    daemons.others.append(subprocess.Popen(
+        [sys.executable, "-c", SLOW_READER, str(nodes[1].socket), "flood", str(slow_path)]))
+    wait_subscribers([fast], 2)
+    # More than a subscriber's 32 MiB buffer: outrun, the slow one would be dropped.
+    lines = [f"{nodes[0].name}-{i}-" + "z" * 900 for i in range(40000)]
+    with BlockingRingClient(nodes[0].socket, timeout_s=SEND_TIMEOUT_S) as ring:
+        for start in range(0, len(lines), 500):
+            ring.send("flood", lines[start:start + 500])
+    wait_until(lambda: slow_path.read_bytes().count(b"\n") >= len(lines), 120, "the slow subscriber")
+    assert slow_path.read_text().splitlines() == lines
+    assert fast.data() == lines
+    status = nodes[1].status()
+    assert status["control"]["slow_dropped"] == 0
+    assert status["totem"]["stats"]["throttled_visits"] > 0
 
 
 def test_bad_client_frames_get_an_error_and_the_daemon_keeps_serving(daemons: ProcessRegistry) -> None:

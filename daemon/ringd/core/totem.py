@@ -37,6 +37,7 @@ from ringd.core.totem_events import (
     PeerDead,
     PersistRingSeq,
     Publish,
+    ReadersBehind,
     SendRefused,
     SendTo,
     TotemEffect,
@@ -140,6 +141,7 @@ class TotemCore(ReceiveMixin, GatherCommitMixin):
         # Where a held token released for a member's send goes (None: our successor).
         self._release_to: str | None = None
         self._rep_holding = False  # a member saw our rep start holding the token
+        self.readers_behind = False  # see ReadersBehind: our visits claim the whole window
         self._self_msg: Message | None = None  # token to ourselves (a ring of one)
         self._last_sent: tuple[str, Message] | None = None
         self._unanswered = 0  # retransmissions of _last_sent with no sign of progress
@@ -195,6 +197,8 @@ class TotemCore(ReceiveMixin, GatherCommitMixin):
             self._on_peer_dead(event.node, out)
         elif tp is PeerAlive:
             self._on_peer_alive(event.node, out)
+        elif tp is ReadersBehind:
+            self._on_readers_behind(event, out)
         self.stats.send_queue_len = len(self.queue)
         return out
 
@@ -408,7 +412,11 @@ class TotemCore(ReceiveMixin, GatherCommitMixin):
             self.stats.token_rotation_s.observe(self._now - self._last_visit_at)
         self._last_visit_at = self._now
         mark = len(out)
-        result = ring.visit(token, self._app, out, recovery=False, install=token.install)
+        throttle = self.readers_behind
+        if throttle:
+            self.stats.throttled_visits += 1
+        result = ring.visit(token, self._app, out, recovery=False, install=token.install,
+                            throttle=throttle)
         if self._deaf and len(ring.members) == 1:
             # Nobody needs our singleton's datagrams; to others they are a foreign ring to
             # merge with, and merging a processor that cannot hear them stalls their ring.
@@ -446,6 +454,15 @@ class TotemCore(ReceiveMixin, GatherCommitMixin):
             out.append(SendRefused(msg_id=event.msg_id, reason=refused))
             return
         self.stats.app_sent += 1
+        self._wake_held_token(out)
+
+    def _on_readers_behind(self, event: ReadersBehind, out: list) -> None:
+        self.readers_behind = event.behind
+        if not event.behind:
+            self._wake_held_token(out)  # a ring held while we throttled it may send again
+
+    def _wake_held_token(self, out: list) -> None:
+        """We have something for the ring: get an idle ring's held token moving."""
         if self.state is not State.OPERATIONAL:
             return
         if self._held is not None:

@@ -39,6 +39,19 @@ class PeerDead:
     node: str
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReadersBehind:
+    """Local receivers of delivered messages are (``behind=True``) or are no longer behind.
+
+    While behind, this member claims the whole flow-control window at each of its token
+    visits, so no member (itself included) orders new messages until its readers catch up;
+    retransmissions still flow. The runtime says so only for readers that keep reading:
+    one that stopped must not hold the ring up (it is dropped instead).
+    """
+
+    behind: bool
+
+
 # --- Effects --------------------------------------------------------------------------
 
 

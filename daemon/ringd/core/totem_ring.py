@@ -111,11 +111,12 @@ class Ring:
     # --- The token visit ----------------------------------------------------------------
 
     def visit(self, token: Token, source: SendSource, out: list, *, recovery: bool,
-              install: int) -> VisitResult:
+              install: int, throttle: bool = False) -> VisitResult:
         """Process the token for this ring and return the token to forward.
 
         ``recovery`` stamps the Recovery flags (``retrans_flg`` is raised while anyone
         sends or misses something); ``install`` is the quiet-rotation count to carry.
+        ``throttle`` (our readers are behind) sends nothing new and claims the whole window.
         """
         cfg = self.config
         stats = self.stats
@@ -133,7 +134,7 @@ class Ring:
         total_backlog = backlog_others + my_backlog
         if my_backlog and total_backlog:
             allowed = min(allowed, -(-cfg.window_size * my_backlog // total_backlog))
-        allowed = max(0, allowed)
+        allowed = 0 if throttle else max(0, allowed)
 
         # Answer retransmission requests; they count against the same budget.
         retx = 0
@@ -205,19 +206,22 @@ class Ring:
                 or my_aru < seq or backlog_now > 0
         else:
             flag = False
-        self.my_fcc = retx + sent
+        # Throttling, our share is the whole window: everyone else's allowance is then
+        # nothing until our next visit (the token's fcc exceeds the window meanwhile).
+        self.my_fcc = max(retx + sent, cfg.window_size) if throttle else retx + sent
         self.my_backlog = backlog_now
         self.forwarded_aru = aru
         stats.mcast_tx += sent
         new = Token(ring_id=ring_id, token_seq=token.token_seq + 1, seq=seq, aru=aru,
-                    aru_id=aru_id, rtr=tuple(rtr), fcc=fcc_others + retx + sent,
+                    aru_id=aru_id, rtr=tuple(rtr), fcc=fcc_others + self.my_fcc,
                     backlog=backlog_others + backlog_now, retrans_flg=flag, install=install)
         return VisitResult(token=new, retransmitted=retx, sent=sent, failed_to_receive=failed)
 
     def idle(self, token: Token, queued: int) -> bool:
-        """Representative's check before a visit: nothing sent, missing or queued anywhere."""
+        """Representative's check before a visit: nothing sent, missing or queued anywhere
+        (or queued, but a member whose readers are behind claimed the whole window)."""
         quiet = (token.seq == self.rep_last_seq and token.aru == token.seq and not token.rtr
-                 and token.backlog == 0 and queued == 0)
+                 and ((token.backlog == 0 and queued == 0) or token.fcc >= self.config.window_size))
         self.rep_last_seq = token.seq
         self.idle_visits = self.idle_visits + 1 if quiet else 0
         return self.idle_visits > self.config.seqno_unchanged_const

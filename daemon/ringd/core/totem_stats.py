@@ -39,6 +39,7 @@ class TotemStats(_TimingHistograms):
     token_held: int = 0  # times the representative held the token on an idle ring
     hold_cancels: int = 0  # held tokens released early for a new send
     token_jumps: int = 0  # of those, sent straight to the member that asked
+    throttled_visits: int = 0  # token visits that claimed the window for slow local readers
     mcast_tx: int = 0  # new datagrams multicast (each carries one or more app messages)
     mcast_rx: int = 0  # datagrams of our ring stored (duplicates excluded)
     mcast_dup_rx: int = 0  # datagrams already held

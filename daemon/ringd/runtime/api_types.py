@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -81,6 +82,9 @@ class ApiConnection:
         self.made_requests = False
         # Payload bytes pushed and not yet handed to the kernel (as estimated by the pusher).
         self.queued_bytes = 0
+        # When the kernel last took queued bytes (trio clock): a client with a backlog that
+        # still reads is slow, one whose backlog has not moved for a while has stopped.
+        self.drained_at = -math.inf
 
     @property
     def queued_frames(self) -> int:
@@ -139,6 +143,8 @@ class ApiConnection:
             # _unsent stays non-empty until the kernel took it all, so push() queues
             # behind it instead of writing out of order.
             sent = sink.send_nowait(self._unsent)
+            if sent:
+                self.drained_at = trio.current_time()
             self._unsent = self._unsent[sent:]
             if self._unsent:
                 await sink.wait_writable()

@@ -301,6 +301,9 @@ class DaemonCollector(Collector):
         yield _counter("ringd_totem_token_jumps",
                        "Held tokens sent straight to the member whose send released them.",
                        stats.token_jumps)
+        yield _counter("ringd_totem_throttled_visits",
+                       "Token visits that claimed the whole send window because local subscribers "
+                       "fell behind (and kept reading).", stats.throttled_visits)
         for direction, suffix in (("sent", "tx"), ("received", "rx")):
             yield _labelled_counter(
                 f"ringd_totem_membership_messages_{direction}", f"Totem membership messages {direction}, by type.",

@@ -43,6 +43,7 @@ from ringd.core.totem_events import (
     PeerDead,
     PersistRingSeq,
     Publish,
+    ReadersBehind,
     SendRefused,
     SendTo,
 )
@@ -77,6 +78,14 @@ PUBLISH_BYTES_TARGET = 48 * 1024
 SUBSCRIBER_BACKLOG_HIGH_BYTES = 4 << 20
 # Longest such hold per token visit: well below token_retransmit_s, so nobody resends it.
 BACKPRESSURE_HOLD_MAX_FRACTION = 0.4
+# Such a subscriber that read something this recently also throttles the whole ring (see
+# ReadersBehind): a hold alone cannot stop a rotation's worth of new messages (up to
+# window_size datagrams) arriving at every visit. One that stopped reading does not: it
+# is dropped once its buffer is full, and nobody else waits for it.
+READER_PROGRESS_S = 0.25
+# While they throttle it, how often we look whether they caught up (the token may be held
+# idle meanwhile, so its arrival cannot be what tells us).
+READERS_CHECK_S = 0.005
 BACKPRESSURE_POLL_S = 0.001
 # Longest wait for gossip to find other members before Totem starts anyway (alone).
 TOTEM_START_GRACE_S = 0.5
@@ -154,6 +163,7 @@ class OrderedDelivery:
         self.addresses: dict[str, Address] = {}
         self.unknown_destination = 0  # tokens we could not address (counted, dropped)
         self.backpressure_holds = 0  # token visits held back for slow local subscribers
+        self._readers_check_at = math.inf
         self._next_msg_id = 1
         self._published: dict[int, _Published] = {}
         self.unordered_bytes = 0
@@ -168,13 +178,19 @@ class OrderedDelivery:
     def next_deadline(self) -> float:
         if not self.started:
             return self._start_at
-        return self.totem.next_deadline() if self.active else math.inf
+        if not self.active:
+            return math.inf
+        if self.totem.readers_behind:
+            return min(self.totem.next_deadline(), self._readers_check_at)
+        return self.totem.next_deadline()
 
     async def tick(self, now: float) -> None:
         if not self.started:
             if now >= self._start_at:
                 await self._start(now)
         elif self.active:
+            if self.totem.readers_behind and now >= self._readers_check_at:
+                await self._check_readers(now)
             await self._run(self.totem.handle(Tick(), now), now)
 
     async def _start(self, now: float) -> None:
@@ -204,6 +220,8 @@ class OrderedDelivery:
             return
         if sender not in self.addresses:
             self.addresses[sender] = event.source
+        if type(event.msg) is Token:
+            await self._check_readers(now)
         await self._run(self.totem.handle(event, now), now)
 
     async def member_changed(self, change: MemberChanged, now: float) -> None:
@@ -409,6 +427,19 @@ class OrderedDelivery:
         data = self._encode(msg)
         if data is not None:
             await self.transport.send(address, data)
+
+    async def _check_readers(self, now: float) -> None:
+        """Tell Totem when local subscribers that still read fell behind or caught up."""
+        self._readers_check_at = now + READERS_CHECK_S
+        # Once throttling, go on until they are half-way down again: not on and off per visit.
+        high = SUBSCRIBER_BACKLOG_HIGH_BYTES // 2 if self.totem.readers_behind else SUBSCRIBER_BACKLOG_HIGH_BYTES
+        behind = False
+        for conn in self.api_connections.values():
+            if conn.queued_bytes > high and now - conn.drained_at < READER_PROGRESS_S:
+                behind = True
+                break
+        if behind != self.totem.readers_behind:
+            await self._run(self.totem.handle(ReadersBehind(behind=behind), now), now)
 
     def _subscriber_backlog(self) -> int:
         return max((c.queued_bytes for c in self.api_connections.values()), default=0)

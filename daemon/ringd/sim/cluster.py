@@ -50,6 +50,7 @@ from ringd.core.totem_events import (
     PeerAlive,
     PeerDead,
     PersistRingSeq,
+    ReadersBehind,
     SendRefused,
     SendTo,
 )
@@ -149,6 +150,8 @@ class SimCluster(ScenarioMixin):
         self._fault_rng = random.Random(master.getrandbits(64))
         self._load_rng = random.Random(master.getrandbits(64))
         self._core_seeds = random.Random(master.getrandbits(64))
+        self._slow_rng = random.Random(master.getrandbits(64))  # slow readers (drawn last: the
+        # streams above, and so the runs of a seed, stay what they were before it existed)
         self.loss = options.loss if options.loss is not None else params.uniform(0, options.loss_max)
         self.duplication = (options.duplication if options.duplication is not None
                             else params.uniform(0, options.duplication_max))
@@ -274,7 +277,9 @@ class SimCluster(ScenarioMixin):
                 self._publish(nodes[index], *data)
             elif kind == HINT:
                 node = nodes[index]
-                if node.up and not node.paused and self._hint_still_true(node, data):
+                if type(data) is ReadersBehind:
+                    self._readers_caught_up(node, data)
+                elif node.up and not node.paused and self._hint_still_true(node, data):
                     self._handle(node, data)
             elif kind == START:
                 self._start(nodes[index])

@@ -39,6 +39,7 @@ class SimOptions:
     fault_interval_s: float = 1.5  # mean time between fault events in the chaos phase
     fault_duration_max_s: float = 3.0  # partitions heal and crashed nodes restart within this
     load: bool = True
+    slow_readers: bool = True  # now and then a node's readers fall behind (ReadersBehind) a while
     burst_interval_s: float = 0.5  # mean time between load bursts (idle rings hold the token)
     burst_messages_max: int = 6  # per node per burst
     safe_fraction: float = 0.3

@@ -17,6 +17,7 @@ from ringd.core.totem_events import (
     PeerAlive,
     PeerDead,
     Publish,
+    ReadersBehind,
 )
 from ringd.sim.checkers import Published
 from ringd.sim.schedule import (
@@ -34,6 +35,10 @@ from ringd.sim.schedule import (
 
 if TYPE_CHECKING:
     from ringd.sim.cluster import SimCluster, SimNode
+
+
+# Chance per load burst that one node's readers fall behind for a while (flow control).
+SLOW_READERS_PROBABILITY = 0.2
 
 
 class ScenarioMixin:
@@ -60,7 +65,25 @@ class ScenarioMixin:
                     size = self._message_size(rng)
                     self._push(self.now + rng.uniform(0.0, 0.02), PUBLISH, node.index,
                                (safe, size, False))
+        slow = self._slow_rng
+        if opts.slow_readers and slow.random() < SLOW_READERS_PROBABILITY:
+            # Flow control throttles the whole ring while one node's readers catch up.
+            node = slow.choice(self.nodes)
+            if node.up and not node.paused:
+                self._trace_add(node.name, "readers behind")
+                self._handle(node, ReadersBehind(behind=True))
+                self._push(self.now + slow.uniform(0.05, 0.5), HINT, node.index,
+                           ReadersBehind(behind=False))
         self._push(self.now + rng.expovariate(1.0 / opts.burst_interval_s), BURST, -1)
+
+    def _readers_caught_up(self: SimCluster, node: SimNode, event: ReadersBehind) -> None:
+        if not node.up:
+            return  # a restarted core starts with readers that are not behind
+        if node.paused:  # its readers catch up once the daemon runs again
+            self._push(self.now + 0.1, HINT, node.index, event)
+            return
+        self._trace_add(node.name, "readers caught up")
+        self._handle(node, event)
 
     def _message_size(self: SimCluster, rng: random.Random) -> int:
         mtu = self.options.totem.mtu_bytes
