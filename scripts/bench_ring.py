@@ -218,7 +218,7 @@ async def run_traffic(c: Cluster, t: Traffic, a: argparse.Namespace, tag: str,
             raise RuntimeError(f"{tag}: sender failed: {r['error']} (logs in {work})")
     sub_out += [r["tally"] for r in send_out if "tally" in r]
     dropped = [r["error"] for r in sub_out if "error" in r]
-    if dropped:  # the daemon drops a subscriber 16 MiB behind: the ring outpaced it
+    if dropped:  # the daemon drops a subscriber 32 MiB behind: the ring outpaced it
         return {"size": t.size, "senders": len(t.senders), "msg_cap": t.msg_cap, "dropped": dropped,
                 "sent": sum(s["sent"] for s in send_out)}
     return summarize_traffic(t, sub_out, send_out, res)
@@ -378,7 +378,7 @@ async def bench_n(n: int, a: argparse.Namespace, root: Path) -> dict[str, Any]:
                 r = await run_traffic(c, t, a, tag, load_sample=(all_send and size == 100))
                 if r["dropped"] and single > 0:
                     print(f"  N={n}: {size} B x {len(senders)} senders: {len(r['dropped'])} subscribers dropped "
-                          f"by their daemon (fell 16 MiB behind); again with the total capped at "
+                          f"by their daemon (fell 32 MiB behind); again with the total capped at "
                           f"{0.5 * single:,.0f} msgs/s", flush=True)
                     tput.append(r)
                     t.msg_cap = 0.5 * single / len(senders)
@@ -466,7 +466,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             if t["dropped"]:
                 cap = f" (capped {t['msg_cap'] * t['senders']:,.0f})" if t["msg_cap"] else ""
                 out.append(f"| {n} | {t['size']} | {t['senders']}{cap} | {len(t['dropped'])} subscribers dropped: "
-                           "they fell 16 MiB behind the ring | - | - | - | - | - |")
+                           "they fell 32 MiB behind the ring | - | - | - | - | - |")
                 continue
             key = (n, t["size"], t["senders"] > 1)
             cs = COROSYNC_TPUT.get(key)
@@ -556,7 +556,7 @@ def main() -> None:
     p.add_argument("--inflight", type=int, default=2, help="connections sending at once per sender process")
     p.add_argument("--sender-nice", type=int, default=10,
                    help="nice increment of flat-out sender processes, so subscribers are not starved of CPU "
-                        "(a subscriber that falls 16 MiB behind is dropped by its daemon)")
+                        "(a subscriber that falls 32 MiB behind is dropped by its daemon)")
     p.add_argument("--rate", type=float, default=100.0, help="latency runs: msgs/s per sender")
     p.add_argument("--latency-s", type=float, default=10.0, help="length of each latency run")
     p.add_argument("--idle-s", type=float, default=5.0)
