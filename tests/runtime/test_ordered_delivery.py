@@ -227,7 +227,7 @@ SLOW_READER = (
     "    for frame in reader.feed(data):\n"
     "        if frame.get('ev') == 'message':\n"
     "            out.writelines(d.decode() + '\\n' for d in frame['data'])\n"
-    "    time.sleep(0.03)\n"
+    "    time.sleep(0.03)  # poll: 64 KiB per pause, a reader slow on purpose\n"
 )
 
 

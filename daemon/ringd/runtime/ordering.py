@@ -433,11 +433,8 @@ class OrderedDelivery:
         self._readers_check_at = now + READERS_CHECK_S
         # Once throttling, go on until they are half-way down again: not on and off per visit.
         high = SUBSCRIBER_BACKLOG_HIGH_BYTES // 2 if self.totem.readers_behind else SUBSCRIBER_BACKLOG_HIGH_BYTES
-        behind = False
-        for conn in self.api_connections.values():
-            if conn.queued_bytes > high and now - conn.drained_at < READER_PROGRESS_S:
-                behind = True
-                break
+        behind = any(conn.queued_bytes > high and now - conn.drained_at < READER_PROGRESS_S
+                     for conn in self.api_connections.values())
         if behind != self.totem.readers_behind:
             await self._run(self.totem.handle(ReadersBehind(behind=behind), now), now)
 
