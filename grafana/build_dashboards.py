@@ -140,8 +140,11 @@ TOTEM = Dashboard(
            unit="ops"),
         ts("Backlog", "Application messages waiting in each daemon's send queue.",
            (f"ringd_totem_backlog_messages{{{SEL}}}", "{{instance}}")),
-        ts("Tokens", "Tokens per second, by what happened to them.",
-           (f"sum by (event) (rate(ringd_totem_tokens_total{{{SEL}}}[{RI}]))", "{{event}}"), unit="ops"),
+        ts("Tokens", "Tokens per second, by what happened to them; visits that throttled the ring "
+           "for slow subscribers.",
+           (f"sum by (event) (rate(ringd_totem_tokens_total{{{SEL}}}[{RI}]))", "{{event}}"),
+           (f"sum(rate(ringd_totem_throttled_visits_total{{{SEL}}}[{RI}]))", "throttled for slow readers"),
+           unit="ops"),
         ts("Ring datagrams", "Datagrams of our ring per second, by direction.",
            (f"sum by (direction) (rate(ringd_totem_datagrams_total{{{SEL}}}[{RI}]))", "{{direction}}"), unit="pps"),
         ts("Flapping members held out", "Members kept out of the ring because they flap.",

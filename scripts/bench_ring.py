@@ -43,7 +43,7 @@ import trio
 
 from bench_gossip import Cluster, Daemon, ask, count_alive, proc_cpu_s, proc_rss_mib
 from bench_ring_worker import add_worker_parser, worker_main
-from ringd.client import ClientError, ConfigEvent, RingClient
+from ringd.client import ClientError, ConfigEvent, ControlClient, RingClient
 
 SCRIPT = Path(__file__).resolve()
 POLL_S = 0.002
@@ -412,6 +412,11 @@ async def bench_n(n: int, a: argparse.Namespace, root: Path) -> dict[str, Any]:
         c.stop_all()
 
 
+# Totem counters the soak reports per daemon (a reconfiguration's cause among them).
+SOAK_STATS = ("gather_entered", "token_lost", "fail_to_recv", "consensus_timeouts", "token_retx",
+              "mcast_retx", "token_held", "throttled_visits")
+
+
 async def soak(a: argparse.Namespace, root: Path) -> dict[str, Any]:
     n = 3
     c = new_cluster(root, "soak", n)
@@ -427,6 +432,12 @@ async def soak(a: argparse.Namespace, root: Path) -> dict[str, Any]:
             r = await run_traffic(c, Traffic(size=100, senders=list(range(n)), duration_s=a.soak_s), a,
                                   "soak", load_sample=True)
             nursery.cancel_scope.cancel()
+        # Why the ring reformed, if it did: each daemon's Totem counters.
+        r["totem_stats"] = {}
+        for x in names:
+            async with await ControlClient.connect(c.daemons[x].sock) as cc:
+                stats = (await cc.request("status"))["totem"]["stats"]
+            r["totem_stats"][x] = {k: stats[k] for k in SOAK_STATS}
         r["configs"] = {m.daemon.name: [[round(t - t0, 3), e.kind, e.ring, list(e.members)] for t, e in m.configs]
                         for m in mons}
         # A monitor's first event is the configuration it joined into (the ring formed before
@@ -523,7 +534,8 @@ def soak_line(s: dict[str, Any]) -> str:
             f"{min(s['msgs_per_s']):,.0f}..{max(s['msgs_per_s']):,.0f} msgs/s per node, delivered "
             f"{s['delivered']}, order {order_word(s)}, configuration "
             f"changes seen by a monitor: {s['reconfigurations']} (target 0), daemon RSS max "
-            f"{max(s['load']['rss_mib']):.1f} MiB, CPU {fmt_list(s['load']['cpu_pct'], 1)} %")
+            f"{max(s['load']['rss_mib']):.1f} MiB, CPU {fmt_list(s['load']['cpu_pct'], 1)} %\n"
+            + "\n".join(f"  {name}: {stats}" for name, stats in s.get("totem_stats", {}).items()))
 
 
 async def main_async(a: argparse.Namespace) -> dict[str, Any]:
