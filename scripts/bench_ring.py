@@ -43,7 +43,7 @@ import trio
 
 from bench_gossip import Cluster, Daemon, ask, count_alive, proc_cpu_s, proc_rss_mib
 from bench_ring_worker import add_worker_parser, worker_main
-from ringd.client import ClientError, ConfigEvent, ControlClient, RingClient
+from ringd.client import ClientError, ConfigEvent, RingClient
 
 SCRIPT = Path(__file__).resolve()
 POLL_S = 0.002
@@ -435,9 +435,9 @@ async def soak(a: argparse.Namespace, root: Path) -> dict[str, Any]:
         # Why the ring reformed, if it did: each daemon's Totem counters.
         r["totem_stats"] = {}
         for x in names:
-            async with await ControlClient.connect(c.daemons[x].sock) as cc:
-                stats = (await cc.request("status"))["totem"]["stats"]
-            r["totem_stats"][x] = {k: stats[k] for k in SOAK_STATS}
+            status = await ask(c.daemons[x], "status")
+            stats = status["totem"]["stats"] if status else {}
+            r["totem_stats"][x] = {k: stats.get(k) for k in SOAK_STATS}
         r["configs"] = {m.daemon.name: [[round(t - t0, 3), e.kind, e.ring, list(e.members)] for t, e in m.configs]
                         for m in mons}
         # A monitor's first event is the configuration it joined into (the ring formed before
