@@ -398,11 +398,16 @@ async def bench_n(n: int, a: argparse.Namespace, root: Path) -> dict[str, Any]:
                 senders = list(range(n)) if all_send else [0]
                 t = Traffic(size=100, senders=senders, duration_s=a.latency_s, rate=a.rate, safe=safe,
                             join_senders=True)
-                r = await run_traffic(c, t, a, f"l{n}-{'s' if safe else 'a'}-{len(senders)}")
+                before = await totem_totals(c)
+                r = await run_traffic(c, t, a, f"l{n}-{'s' if safe else 'a'}-{len(senders)}", load_sample=True)
+                after = await totem_totals(c)
+                # Token visits and hold/merge-detect traffic per message sent: where idle CPU goes.
+                r["totem_per_msg"] = {k: round((after[k] - before[k]) / max(1, r["sent"]), 2) for k in after}
                 lat.append(r)
                 print(f"  N={n}: latency {'safe' if safe else 'agreed'} x {len(senders)}: all "
                       f"{r['lat_p50_ms']:.3f}/{r['lat_p99_ms']:.3f} ms, self {r['self_p50_ms']:.3f}/"
-                      f"{r['self_p99_ms']:.3f} ms", flush=True)
+                      f"{r['self_p99_ms']:.3f} ms, daemon CPU {fmt_list(r['load']['cpu_pct'], 1)} %, "
+                      f"per message {r['totem_per_msg']}", flush=True)
         res["latency"] = lat
         if a.failover_repeats > 0 and "failover" in a.parts:
             print(f"  N={n}: failover x {a.failover_repeats}", flush=True)
@@ -415,6 +420,20 @@ async def bench_n(n: int, a: argparse.Namespace, root: Path) -> dict[str, Any]:
 # Totem counters the soak reports per daemon (a reconfiguration's cause among them).
 SOAK_STATS = ("gather_entered", "token_lost", "fail_to_recv", "consensus_timeouts", "token_retx",
               "mcast_retx", "token_held", "throttled_visits")
+
+
+# Totem counters summed over the daemons around each latency run (per message sent).
+LATENCY_STATS = ("token_rx", "token_held", "hold_cancels", "merge_detect_tx")
+
+
+async def totem_totals(c: Cluster) -> dict[str, int]:
+    totals = dict.fromkeys(LATENCY_STATS, 0)
+    for d in c.daemons.values():
+        status = await ask(d, "status")
+        stats = status["totem"]["stats"] if status else {}
+        for k in LATENCY_STATS:
+            totals[k] += stats.get(k) or 0
+    return totals
 
 
 async def soak(a: argparse.Namespace, root: Path) -> dict[str, Any]:
@@ -488,8 +507,8 @@ def table(rows: list[dict[str, Any]]) -> str:
                        f"| {min(t['mb_per_s']):.2f} | {t['lat_p50_ms']:.1f} / {t['lat_p99_ms']:.1f} "
                        f"| {order_word(t)} | {f'{cs[0]:,} [{cs[1]:,}]' if cs else '-'} | {tgt} |")
     out += ["", "Latency, 100 B at 100 msgs/s per sender (all deliveries on all nodes; sender self-delivery)",
-            "| N | order | senders | all p50 / p99 ms | self p50 / p99 ms | order check | Corosync udp all p50/p99 "
-            "| target p50 ≤ 1, p99 ≤ 5 |", "|" + "---|" * 8]
+            "| N | order | senders | all p50 / p99 ms | self p50 / p99 ms | order check | daemon CPU % "
+            "| Corosync udp all p50/p99 | target p50 ≤ 1, p99 ≤ 5 |", "|" + "---|" * 9]
     for r in rows:
         n = r["n"]
         for t in r.get("latency", []):
@@ -498,6 +517,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             out.append(f"| {n} | {'safe' if t['safe'] else 'agreed'} | {t['senders']} "
                        f"| {t['lat_p50_ms']:.3f} / {t['lat_p99_ms']:.3f} | {t['self_p50_ms']:.3f} / "
                        f"{t['self_p99_ms']:.3f} | {order_word(t)} "
+                       f"| {fmt_list(t['load']['cpu_pct'], 1) if 'load' in t else '-'} "
                        f"| {f'{cs[0]} / {cs[1]}' if cs else '-'} | {ok(met) if not t['safe'] else '(agreed only)'} |")
     out += ["", "Failover (kill -9 -> regular configuration at the last survivor) and join (restart -> "
             "regular configuration with it at the last member)",
