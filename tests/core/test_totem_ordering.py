@@ -144,7 +144,8 @@ def test_a_member_whose_readers_are_behind_stops_new_sends_ring_wide_until_they_
     h.run_until(h.operational_ring, timeout_s=3.0)
     rings_before = [len(h.logs[n].configs) for n in h.names]
     h._input("b", ReadersBehind(behind=True))
-    h.run_for(0.01)  # b's next visit claims the window
+    # b's next visit claims the window; an idle ring's held token comes to b for it at once.
+    h.run_until(lambda: h.cores["b"].stats.throttled_visits >= 1, timeout_s=0.05)
     keys = []
     for i in range(50):
         for name in h.names:
@@ -186,6 +187,35 @@ def test_idle_ring_holds_the_token_and_a_send_cancels_the_hold() -> None:
     h.run_until(lambda: h.delivered_everywhere([("c", 1)]), timeout_s=1.0)
     assert h.now - start < 0.05
     assert h.cores["a"].stats.hold_cancels >= 1
+
+
+def test_a_send_just_after_the_token_passed_wakes_the_hold_that_token_goes_into() -> None:
+    h = Harness(["a", "b", "c"])
+    h.run_until(h.operational_ring, timeout_s=3.0)
+    h.run_until(lambda: h.cores["a"]._held is not None, timeout_s=3.0)
+    h.publish("a", 1, b"one more busy rotation")
+    rep = h.cores["a"]
+    passed: list[float] = []
+    original = h._apply
+
+    def spy(name: str, effects: list) -> None:
+        # c forwards the token that the representative will hold on arrival.
+        if name == "c" and rep.ring is not None and any(type(getattr(e, "msg", None)) is Token for e in effects) \
+                and rep.ring.idle_visits == rep.config.seqno_unchanged_const:
+            passed.append(h.now)
+        original(name, effects)
+
+    h._apply = spy  # type: ignore[method-assign]
+    h.run_until(lambda: bool(passed), timeout_s=1.0)
+    h._apply = original  # type: ignore[method-assign]
+    holds_before = rep.stats.token_held
+    start = h.now
+    h.publish("c", 2, b"too late for that token")  # the token left c before this
+    h.run_until(lambda: h.delivered_everywhere([("c", 2)]), timeout_s=1.0)
+    assert rep.stats.token_held > holds_before  # the rep did hold the token c had missed
+    # c heard of the hold and asked for the token at once: not the hold's whole length.
+    assert h.now - start < 0.05 < rep._hold_s
+    h.assert_consistent_order()
 
 
 def test_a_send_on_an_idle_ring_gets_the_held_token_straight_from_the_representative() -> None:

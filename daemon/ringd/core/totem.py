@@ -141,6 +141,9 @@ class TotemCore(ReceiveMixin, GatherCommitMixin):
         # Where a held token released for a member's send goes (None: our successor).
         self._release_to: str | None = None
         self._rep_holding = False  # a member saw our rep start holding the token
+        # We had something for the ring while the token was on its way round: if the rep
+        # holds that very token, ask for it as soon as we hear so (see _on_merge_detect).
+        self._wake_pending = False
         self.readers_behind = False  # see ReadersBehind: our visits claim the whole window
         self._self_msg: Message | None = None  # token to ourselves (a ring of one)
         self._last_sent: tuple[str, Message] | None = None
@@ -225,6 +228,7 @@ class TotemCore(ReceiveMixin, GatherCommitMixin):
         self._self_msg = None
         self._last_sent = None
         self._rep_holding = False
+        self._wake_pending = False
 
     def _enter_gather(self, reason: Reason, out: list, *, proc: set[str] | None = None,
                       fail: set[str] | None = None) -> None:
@@ -411,6 +415,7 @@ class TotemCore(ReceiveMixin, GatherCommitMixin):
         if self._last_visit_at is not None:
             self.stats.token_rotation_s.observe(self._now - self._last_visit_at)
         self._last_visit_at = self._now
+        self._wake_pending = False  # this visit sends (or claims) what we had
         mark = len(out)
         throttle = self.readers_behind
         if throttle:
@@ -457,9 +462,12 @@ class TotemCore(ReceiveMixin, GatherCommitMixin):
         self._wake_held_token(out)
 
     def _on_readers_behind(self, event: ReadersBehind, out: list) -> None:
+        if event.behind == self.readers_behind:
+            return
         self.readers_behind = event.behind
-        if not event.behind:
-            self._wake_held_token(out)  # a ring held while we throttled it may send again
+        # Either way the ring should hear of it at once, not at the held token's release:
+        # our visit claims the window (behind) or gives it back (caught up).
+        self._wake_held_token(out)
 
     def _wake_held_token(self, out: list) -> None:
         """We have something for the ring: get an idle ring's held token moving."""
@@ -474,3 +482,5 @@ class TotemCore(ReceiveMixin, GatherCommitMixin):
             self._rep_holding = False
             ring = self.ring
             out.append(SendTo(dest=ring.members[0], msg=TokenHoldCancel(ring_id=ring.ring_id)))
+        else:
+            self._wake_pending = True

@@ -69,7 +69,9 @@ class ReceiveMixin:
         # The token goes straight to the member that has something to send, skipping those
         # between us and it for this rotation: two hops from a send to its multicast
         # instead of the cancel plus the way round to it. Safe because the ring was idle
-        # when we held (aru == seq: everyone has everything, nothing asked for) and we send
+        # when we held (at least one whole rotation with aru == seq: everyone has
+        # everything, nothing asked for; one quiet arrival is not enough, as the aru may
+        # have been raised by its holder after a member that lacks something) and we send
         # nothing on this visit, so the aru we forward claims nothing the skipped members
         # have not confirmed; they see the token later in this same rotation.
         jump = sender != self.name and sender in ring.members and self._app.backlog() == 0
@@ -166,5 +168,7 @@ class ReceiveMixin:
             if self._last_sent is not None and self._last_sent[0] == sender:
                 self._retransmit_at = math.inf
                 self._last_sent = None
+            if self._wake_pending:
+                self._wake_held_token(out)  # it holds the token that passed us before our send
             return
         self._foreign(sender, msg.ring_id, out)

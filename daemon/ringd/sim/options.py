@@ -9,12 +9,10 @@ from typing import Any
 from ringd.config import TotemConfig
 from ringd.sim.network import NetworkOptions
 
-SIM_TOTEM = TotemConfig(mtu_bytes=1400, flap_stable_s=2.0, seqno_unchanged_const=3)
-"""Totem settings for simulation: the ``local`` preset timings, a LAN MTU so that
-multi-fragment messages are common, and a short flap hold so liveness stays bounded.
-The token is held after 30 idle rotations (corosync's value) rather than the daemon's 300:
-the simulated network's rotations are slower than loopback's, and holding is a timing
-matter that safety does not depend on; it keeps virtual runs short."""
+SIM_TOTEM = TotemConfig(mtu_bytes=1400, flap_stable_s=2.0)
+"""Totem settings for simulation: the ``local`` preset timings and the daemon's token hold
+rule, a LAN MTU so that multi-fragment messages are common, and a short flap hold so
+liveness stays bounded."""
 
 CoreFactory = Callable[..., Any]  # (*, name, config, rng, ring_seq, now) -> core
 
