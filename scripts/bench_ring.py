@@ -426,11 +426,16 @@ SOAK_STATS = ("gather_entered", "token_lost", "fail_to_recv", "consensus_timeout
 LATENCY_STATS = ("token_rx", "token_held", "hold_cancels", "merge_detect_tx")
 
 
+async def totem_stats(d: Daemon) -> dict[str, Any]:
+    """The daemon's Totem counters ({} if it does not answer)."""
+    status = await ask(d, "status")
+    return status["totem"]["stats"] if status else {}
+
+
 async def totem_totals(c: Cluster) -> dict[str, int]:
     totals = dict.fromkeys(LATENCY_STATS, 0)
     for d in c.daemons.values():
-        status = await ask(d, "status")
-        stats = status["totem"]["stats"] if status else {}
+        stats = await totem_stats(d)
         for k in LATENCY_STATS:
             totals[k] += stats.get(k) or 0
     return totals
@@ -454,8 +459,7 @@ async def soak(a: argparse.Namespace, root: Path) -> dict[str, Any]:
         # Why the ring reformed, if it did: each daemon's Totem counters.
         r["totem_stats"] = {}
         for x in names:
-            status = await ask(c.daemons[x], "status")
-            stats = status["totem"]["stats"] if status else {}
+            stats = await totem_stats(c.daemons[x])
             r["totem_stats"][x] = {k: stats.get(k) for k in SOAK_STATS}
         r["configs"] = {m.daemon.name: [[round(t - t0, 3), e.kind, e.ring, list(e.members)] for t, e in m.configs]
                         for m in mons}

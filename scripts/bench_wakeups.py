@@ -77,7 +77,10 @@ def measure(mode: str, wakeups: int, rate: float, count: int) -> dict[str, Any]:
         sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sink.bind((HOST, ports[0]))
         first = (HOST, ports[1]) if wakeups > 1 else (HOST, ports[0])
-        lat = trio.run(_trio_loop if mode == "trio" else _blocking_loop_async, sink, first, rate, count)
+        if mode == "trio":
+            lat = trio.run(_trio_loop, sink, first, rate, count)
+        else:
+            lat = _blocking_loop(sink, first, rate, count)
     finally:
         for p in relays:
             p.kill()
@@ -85,10 +88,6 @@ def measure(mode: str, wakeups: int, rate: float, count: int) -> dict[str, Any]:
     lat.sort()
     return {"mode": mode, "wakeups": wakeups, "rate": rate, "count": len(lat),
             "p50_us": lat[len(lat) // 2], "p99_us": lat[int(len(lat) * 0.99)], "mean_us": statistics.fmean(lat)}
-
-
-async def _blocking_loop_async(sink: socket.socket, first: tuple[str, int], rate: float, count: int) -> list[float]:
-    return _blocking_loop(sink, first, rate, count)
 
 
 def _blocking_loop(sink: socket.socket, first: tuple[str, int], rate: float, count: int) -> list[float]:
@@ -164,7 +163,7 @@ def main() -> None:
             for rate, count in ((a.rate, a.count), (0.0, a.hot_count)):
                 row = measure(mode, wakeups, rate, count)
                 rows.append(row)
-                print(f"  {wakeups} wake-ups, {mode}, {'%g/s' % rate if rate else 'flat out'}: "
+                print(f"  {wakeups} wake-ups, {mode}, {f'{rate:g}/s' if rate else 'flat out'}: "
                       f"p50 {row['p50_us']:.0f} us, p99 {row['p99_us']:.0f} us", flush=True)
     print()
     print("Datagram relayed through N process wake-ups on loopback (no other work), µs")
