@@ -129,6 +129,26 @@ async def test_a_batch_holds_multicast_datagrams_before_unicast_ones() -> None:
         b.close()
 
 
+async def test_datagrams_from_ignored_sources_are_counted_and_not_decoded() -> None:
+    # The daemon ignores its own multicast, which the kernel loops back to it.
+    a, b = await open_multicast_pair()
+    try:
+        a.ignored_sources.add((a.local_address.host, a.local_address.port))
+        await a.multicast(b"\x00not a datagram")  # decoded, it would count as malformed
+        await b.send(a.local_address, CODEC.encode("b", Nack(seq=2)))
+        with trio.fail_after(WAIT_S):
+            while len(select.select(a._sockets, [], [], 0)[0]) < 2:  # both have a datagram
+                await trio.sleep(0.005)  # poll
+        assert [(r.sender, r.msg) for r in a.receive_ready(CODEC)] == [("b", Nack(seq=2))]
+        assert a.stats.datagrams_in == 2
+        assert not a.stats.dropped  # a's own came back and was not decoded
+        assert [r.msg for r in b.receive_ready(CODEC)] == []  # b decodes it: malformed
+        assert b.stats.dropped == {"malformed": 1}
+    finally:
+        a.close()
+        b.close()
+
+
 async def test_garbage_is_counted_and_the_transport_keeps_working() -> None:
     async with running(unicast_only()) as (b, b_inbox):
         with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:

@@ -146,8 +146,9 @@ class Daemon:
         transport.watch(self.alarm.fd)
         self._gossip_handled = False  # the gossip core's next deadline may have moved
         # Our own multicast comes back from the kernel with our bound address as source
-        # (or the advertised one when bound to a wildcard address).
-        self._own = {transport.local_address, own_address}
+        # (or the advertised one when bound to a wildcard address): the transport drops it
+        # unread.
+        transport.ignored_sources.update((a.host, a.port) for a in (transport.local_address, own_address))
         self.log = log
         self.control_stats = control_stats
         self.own_address = own_address
@@ -302,8 +303,6 @@ class Daemon:
     async def _handle(self, event: Input, now: float) -> int | None:
         tp = type(event)
         if tp is Received:
-            if event.source in self._own:  # type: ignore[union-attr]
-                return None  # our own multicast, looped back by the kernel
             if type(event.msg) in TOTEM_MESSAGE_TYPES:  # type: ignore[union-attr]
                 await self.ordering.received(event, now)  # type: ignore[arg-type]
                 return None

@@ -88,6 +88,10 @@ class UdpTransport:
         host, port = unicast.getsockname()[:2]
         self.local_address = Address(host=host, port=port)
         self.stats = TransportStats()
+        # Sources whose datagrams are counted and dropped unread: the daemon's own multicast,
+        # looped back by the kernel. Decoding a full datagram only to discard it is a
+        # sender's biggest receive cost under load.
+        self.ignored_sources: set[tuple[str, int]] = set()
 
     @property
     def multicast_enabled(self) -> bool:
@@ -127,9 +131,11 @@ class UdpTransport:
     def receive_ready(self, codec: Codec, limit: int = RECV_BATCH_MAX) -> list[Received]:
         """Read and decode, without blocking, up to ``limit`` waiting datagrams per socket.
 
-        Undecodable datagrams are counted in ``stats.dropped`` and left out."""
+        Undecodable datagrams are counted in ``stats.dropped`` and left out; those from
+        :attr:`ignored_sources` are counted and left out unread."""
         stats = self.stats
         addresses = self._addresses
+        ignored = self.ignored_sources
         out: list[Received] = []
         for sock in self._sockets:
             for _ in range(limit):
@@ -144,6 +150,8 @@ class UdpTransport:
                     continue
                 stats.datagrams_in += 1
                 stats.bytes_in += len(data)
+                if source in ignored:
+                    continue
                 try:
                     sender, msg = codec.decode_untrusted(data)
                 except WireError as exc:
