@@ -69,19 +69,20 @@ def measure(mode: str, wakeups: int, rate: float, count: int) -> dict[str, Any]:
     last wake-up is ours: we sleep in receive like a subscriber)."""
     ports = free_ports(wakeups)  # ports[0] is our sink; relays listen on ports[1:]
     relays = []
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
+        sink.bind((HOST, ports[0]))
         for i in range(1, wakeups):
             nxt = ports[i + 1] if i + 1 < wakeups else ports[0]
             relays.append(subprocess.Popen([sys.executable, __file__, "relay", "--mode", mode, "--port",
                                             str(ports[i]), "--next", str(nxt)]))
-        sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sink.bind((HOST, ports[0]))
         first = (HOST, ports[1]) if wakeups > 1 else (HOST, ports[0])
         if mode == "trio":
             lat = trio.run(_trio_loop, sink, first, rate, count)
         else:
             lat = _blocking_loop(sink, first, rate, count)
     finally:
+        sink.close()
         for p in relays:
             p.kill()
             p.wait()
