@@ -104,6 +104,23 @@ async def multicast_pair() -> AsyncIterator[tuple[Running, Running]]:
         yield a, b
 
 
+@asynccontextmanager
+async def idle_multicast_pair() -> AsyncIterator[tuple[UdpTransport, UdpTransport]]:
+    """Like :func:`multicast_pair`, with nobody reading: tests call receive_ready."""
+    first, second = await open_multicast_pair()
+    try:
+        yield first, second
+    finally:
+        first.close()
+        second.close()
+
+
+async def wait_both_sockets_readable(transport: UdpTransport) -> None:
+    with trio.fail_after(WAIT_S):
+        while len(select.select(transport._sockets, [], [], 0)[0]) < 2:
+            await trio.sleep(0.005)  # poll
+
+
 async def test_multicast_reaches_every_transport_from_the_unicast_address() -> None:
     async with multicast_pair() as ((a, a_inbox), (b, b_inbox)):
         await a.multicast(CODEC.encode("a", Nack(seq=3)))
@@ -116,37 +133,25 @@ async def test_multicast_reaches_every_transport_from_the_unicast_address() -> N
 async def test_a_batch_holds_multicast_datagrams_before_unicast_ones() -> None:
     # A token (unicast) follows the messages its sender multicast just before it. Read
     # before them, it would make the receiver ask for their retransmission every time.
-    a, b = await open_multicast_pair()
-    try:
+    async with idle_multicast_pair() as (a, b):
         await a.multicast(CODEC.encode("a", Nack(seq=1)))
         await a.send(b.local_address, CODEC.encode("a", Nack(seq=2)))
-        with trio.fail_after(WAIT_S):
-            while len(select.select(b._sockets, [], [], 0)[0]) < 2:  # both have a datagram
-                await trio.sleep(0.005)  # poll
+        await wait_both_sockets_readable(b)
         assert [r.msg for r in b.receive_ready(CODEC)] == [Nack(seq=1), Nack(seq=2)]
-    finally:
-        a.close()
-        b.close()
 
 
 async def test_datagrams_from_ignored_sources_are_counted_and_not_decoded() -> None:
     # The daemon ignores its own multicast, which the kernel loops back to it.
-    a, b = await open_multicast_pair()
-    try:
+    async with idle_multicast_pair() as (a, b):
         a.ignored_sources.add((a.local_address.host, a.local_address.port))
         await a.multicast(b"\x00not a datagram")  # decoded, it would count as malformed
         await b.send(a.local_address, CODEC.encode("b", Nack(seq=2)))
-        with trio.fail_after(WAIT_S):
-            while len(select.select(a._sockets, [], [], 0)[0]) < 2:  # both have a datagram
-                await trio.sleep(0.005)  # poll
+        await wait_both_sockets_readable(a)
         assert [(r.sender, r.msg) for r in a.receive_ready(CODEC)] == [("b", Nack(seq=2))]
         assert a.stats.datagrams_in == 2
         assert not a.stats.dropped  # a's own came back and was not decoded
         assert [r.msg for r in b.receive_ready(CODEC)] == []  # b decodes it: malformed
         assert b.stats.dropped == {"malformed": 1}
-    finally:
-        a.close()
-        b.close()
 
 
 async def test_garbage_is_counted_and_the_transport_keeps_working() -> None:
