@@ -150,7 +150,7 @@ class TotemConfig:
     window_size: int = knob(200, "messages all members may send per rotation", _between(1, 100000))
     max_messages: int = knob(100, "messages one member may send per token visit", _between(1, 100000))
     fail_recv_const: int = knob(50, "token visits without aru progress before failing to receive", _positive)
-    seqno_unchanged_const: int = knob(1, "quiet rotations, after the first, before the representative holds the token (corosync: 30, but a token hop here costs about 0.2 ms of CPU); at least 1, because a send then gets the held token straight from the representative, skipping members, which is safe only after a whole rotation in which everyone had everything", _positive)
+    seqno_unchanged_const: int = knob(1, "quiet rotations, after the first, before the token is held by the member that sent last (corosync: 30, but a token hop here costs about 0.2 ms of CPU); at least 1, because members deliver a safe message only once the token has passed them twice since they had it", _positive)
     mtu_bytes: int = knob(60000, "largest packed Totem datagram payload", _between(512, 65000))
     message_bytes_max: int = knob(1 << 20, "largest application message (fragmented)", _between(1, 64 << 20))
     send_queue_len_max: int = knob(10000, "app messages queued before send refuses", _positive)

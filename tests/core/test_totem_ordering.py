@@ -222,7 +222,7 @@ def test_a_send_on_an_idle_ring_gets_the_held_token_straight_from_the_representa
     h = Harness(["a", "b", "c", "d", "e"])
     h.run_until(h.operational_ring, timeout_s=3.0)
     # The representative holds the idle token and d has heard so (its MergeDetect).
-    h.run_until(lambda: h.cores["a"]._held is not None and h.cores["d"]._rep_holding, timeout_s=3.0)
+    h.run_until(lambda: h.cores["a"]._held is not None and h.cores["d"]._holder == "a", timeout_s=3.0)
     hops: list[tuple[str, str]] = []
     lost_to_b: list[Mcast] = []
 
@@ -255,6 +255,39 @@ def test_a_send_on_an_idle_ring_gets_the_held_token_straight_from_the_representa
     # The skipped members get the token later in the same rotation, in ring order.
     assert hops[:5] == [("a", "d"), ("d", "e"), ("e", "a"), ("a", "b"), ("b", "c")]
     assert h.cores["a"].stats.token_jumps == 1
+    h.assert_consistent_order()
+    assert all(c.state is State.OPERATIONAL for c in h.cores.values())
+
+
+def test_the_last_sender_holds_the_idle_token_so_its_next_send_needs_no_token_hop() -> None:
+    h = Harness(["a", "b", "c", "d", "e"])
+    h.run_until(h.operational_ring, timeout_s=3.0)
+    h.publish("d", 1, b"first")
+    # Once the ring is idle again, d (whose datagram is the latest) holds the token.
+    h.run_until(lambda: h.delivered_everywhere([("d", 1)]) and h.cores["d"]._held is not None
+                and h.cores["b"]._holder == "d", timeout_s=3.0)
+    assert all(c._held is None for n, c in h.cores.items() if n != "d")
+    hops: list[tuple[str, str]] = []
+
+    def watch(src: str, dst: str, msg: object) -> bool:
+        if type(msg) is Token:
+            hops.append((src, dst))
+        return False
+
+    h.drop = watch
+    start = h.now
+    h.publish("d", 2, b"second")
+    h.run_until(lambda: h.delivered_everywhere([("d", 2)]), timeout_s=1.0)
+    assert h.now - start <= h.latency_s + 1e-9  # the multicast alone: no cancel, no token hop
+    assert not hops or hops[0][0] == "d"
+    # Another member's send asks d, the holder, which hands the token straight to it.
+    h.run_until(lambda: h.cores["d"]._held is not None and h.cores["b"]._holder == "d", timeout_s=3.0)
+    hops.clear()
+    start = h.now
+    h.publish("b", 1, b"from b")
+    h.run_until(lambda: h.delivered_everywhere([("b", 1)]), timeout_s=1.0)
+    assert hops[0] == ("d", "b")
+    assert h.now - start <= 3 * h.latency_s + 1e-9
     h.assert_consistent_order()
     assert all(c.state is State.OPERATIONAL for c in h.cores.values())
 

@@ -140,8 +140,8 @@ class TotemCore(ReceiveMixin, GatherCommitMixin):
         self._releasing = False
         # Where a held token released for a member's send goes (None: our successor).
         self._release_to: str | None = None
-        self._rep_holding = False  # a member saw our rep start holding the token
-        # We had something for the ring while the token was on its way round: if the rep
+        self._holder: str | None = None  # the member we heard start holding the token
+        # We had something for the ring while the token was on its way round: if a member
         # holds that very token, ask for it as soon as we hear so (see _on_merge_detect).
         self._wake_pending = False
         self.readers_behind = False  # see ReadersBehind: our visits claim the whole window
@@ -227,7 +227,7 @@ class TotemCore(ReceiveMixin, GatherCommitMixin):
         self._held = None
         self._self_msg = None
         self._last_sent = None
-        self._rep_holding = False
+        self._holder = None
         self._wake_pending = False
 
     def _enter_gather(self, reason: Reason, out: list, *, proc: set[str] | None = None,
@@ -375,7 +375,7 @@ class TotemCore(ReceiveMixin, GatherCommitMixin):
                 out.append(SendTo(dest=sender, msg=TokenAck(ring_id=token.ring_id,
                                                             token_seq=token.token_seq)))
             return
-        self._rep_holding = False
+        self._holder = None
         self._token_loss_at = self._now + self.config.token_timeout_s
         self._retransmit_at = math.inf
         self._last_sent = None
@@ -400,7 +400,8 @@ class TotemCore(ReceiveMixin, GatherCommitMixin):
             token = Token(ring_id=token.ring_id, token_seq=token.token_seq, seq=token.seq,
                           aru=token.aru, aru_id=token.aru_id, rtr=token.rtr, fcc=token.fcc,
                           backlog=token.backlog, retrans_flg=False, install=install)
-        if ring.is_rep and not self._releasing and ring.idle(token, len(self.queue)):
+        if (not self._releasing and ring.idle(token, len(self.queue))
+                and ring.holds_idle_token(token)):
             self._held_since = self._now
             self._hold(token, out)
             return
@@ -476,11 +477,9 @@ class TotemCore(ReceiveMixin, GatherCommitMixin):
         if self._held is not None:
             self.stats.hold_cancels += 1
             self._release_hold(out)
-        elif self._rep_holding and self.ring is not None:
-            # Only the representative holds the token: ask it alone, so that one send
-            # does not wake every member.
-            self._rep_holding = False
-            ring = self.ring
-            out.append(SendTo(dest=ring.members[0], msg=TokenHoldCancel(ring_id=ring.ring_id)))
+        elif self._holder is not None and self.ring is not None:
+            # Ask the holder alone, so that one send does not wake every member.
+            out.append(SendTo(dest=self._holder, msg=TokenHoldCancel(ring_id=self.ring.ring_id)))
+            self._holder = None
         else:
             self._wake_pending = True

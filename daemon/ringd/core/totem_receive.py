@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 class ReceiveMixin:
     """Datagram, token-hold and merge-detect handlers of :class:`TotemCore`."""
 
+    _holder: str | None
+
     def _hold(self: TotemCore, token: Token, out: list) -> None:
         """Idle ring: keep the token a while instead of spinning it; tell others we live."""
         ring = self.ring
@@ -162,9 +164,9 @@ class ReceiveMixin:
         ring = self.ring
         assert ring is not None
         if msg.ring_id == ring.ring_id:
-            # Our representative holds the idle token: the ring is alive.
+            # A member holds the idle token: the ring is alive.
             self._token_loss_at = self._now + self.config.token_timeout_s
-            self._rep_holding = True
+            self._holder = sender
             if self._last_sent is not None and self._last_sent[0] == sender:
                 self._retransmit_at = math.inf
                 self._last_sent = None

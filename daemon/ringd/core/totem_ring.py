@@ -72,11 +72,12 @@ class Ring:
         self.gc_seq = 0
         self.safe_aru = 0
         self.forwarded_aru = 0
+        self.forwarded_seq = -1  # the seq of the token we last forwarded (-1: none yet)
         self.last_token_seq = -1  # highest token_seq processed
         self.my_fcc = 0
         self.my_backlog = 0
-        self.idle_visits = 0  # rep: visits with nothing sent, missing or waiting
-        self.rep_last_seq = -1
+        self.idle_visits = 0  # our visits in a row with nothing sent, missing or waiting
+        self.my_last_seq = 0  # the highest seq we stamped in this ring (0: none)
         self.fail_recv_visits = 0
         self.last_visit_aru = -1
 
@@ -168,6 +169,9 @@ class Ring:
             self.store(seq, entry)
             out.append(Broadcast(msg=entry))
             sent += 1
+        if sent:
+            self.my_last_seq = seq
+            self.idle_visits = 0  # the quiet rotations count from what we just sent
 
         # Ask for what we miss (up to the token's seq).
         room = RTR_ENTRIES_MAX - len(rtr)
@@ -211,6 +215,7 @@ class Ring:
         self.my_fcc = max(retx + sent, cfg.window_size) if throttle else retx + sent
         self.my_backlog = backlog_now
         self.forwarded_aru = aru
+        self.forwarded_seq = seq
         stats.mcast_tx += sent
         new = Token(ring_id=ring_id, token_seq=token.token_seq + 1, seq=seq, aru=aru,
                     aru_id=aru_id, rtr=tuple(rtr), fcc=fcc_others + self.my_fcc,
@@ -218,13 +223,30 @@ class Ring:
         return VisitResult(token=new, retransmitted=retx, sent=sent, failed_to_receive=failed)
 
     def idle(self, token: Token, queued: int) -> bool:
-        """Representative's check before a visit: nothing sent, missing or queued anywhere
-        (or queued, but a member whose readers are behind claimed the whole window)."""
-        quiet = (token.seq == self.rep_last_seq and token.aru == token.seq and not token.rtr
+        """Every member's check before a visit: the token is back as we forwarded it, with
+        aru == seq both ways, nothing asked for and nothing queued anywhere (or queued, but a
+        member whose readers are behind claimed the whole window), more than
+        ``seqno_unchanged_const`` times in a row.
+
+        One such rotation proves every member had every datagram up to seq when the token
+        passed it: each saw aru == seq and would have lowered it (or asked) if it lacked one.
+        A token that comes back with aru == seq after we forwarded a lower aru proves less,
+        as the member that had lowered it may have raised it after others that still lack
+        something; hence the forwarded aru counts too.
+        """
+        quiet = (token.seq == self.forwarded_seq and self.forwarded_aru == token.seq
+                 and token.aru == token.seq and not token.rtr
                  and ((token.backlog == 0 and queued == 0) or token.fcc >= self.config.window_size))
-        self.rep_last_seq = token.seq
         self.idle_visits = self.idle_visits + 1 if quiet else 0
         return self.idle_visits > self.config.seqno_unchanged_const
+
+    def holds_idle_token(self, token: Token) -> bool:
+        """Whether we are the one member that holds this idle token: whoever stamped its
+        latest datagram (the representative if nobody did), as that member is the likeliest
+        to send next and then needs no round trip to get the token back."""
+        if token.seq == 0:
+            return self.is_rep
+        return token.seq == self.my_last_seq
 
     # --- Delivery -----------------------------------------------------------------------
 

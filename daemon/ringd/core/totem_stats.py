@@ -21,7 +21,7 @@ class _TimingHistograms:
 
     __slots__ = ("token_rotation_s", "token_hold_s")
     # Seconds between two consecutive tokens this node processed in Operational (corosync
-    # mtt_rx_token); includes the time the representative held an idle token.
+    # mtt_rx_token); includes the time an idle token was held.
     token_rotation_s: Histogram
     # Seconds a held (idle-ring) token was kept before it was released.
     token_hold_s: Histogram
@@ -36,7 +36,7 @@ class TotemStats(_TimingHistograms):
     token_tx: int = 0  # tokens forwarded (first sends)
     token_retx: int = 0  # token retransmissions (timer)
     token_dup_rx: int = 0  # duplicate or stale tokens dropped
-    token_held: int = 0  # times the representative held the token on an idle ring
+    token_held: int = 0  # times we held the token on an idle ring
     hold_cancels: int = 0  # held tokens released early for a new send
     token_jumps: int = 0  # of those, sent straight to the member that asked
     throttled_visits: int = 0  # token visits that claimed the window for slow local readers

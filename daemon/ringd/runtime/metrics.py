@@ -257,7 +257,7 @@ class DaemonCollector(Collector):
                          "Time between two consecutive tokens this node processed in Operational.",
                          stats.token_rotation_s)
         yield _histogram("ringd_totem_token_hold_seconds",
-                         "Time an idle-ring token was held by the representative before release.",
+                         "Time an idle-ring token was held before release.",
                          stats.token_hold_s)
         ring_id = totem.ring_id
         members = tuple(totem.members)
@@ -294,7 +294,7 @@ class DaemonCollector(Collector):
         yield _labelled_counter("ringd_totem_tokens", "Tokens, by what happened to them.", "event", (
             ("received", stats.token_rx), ("forwarded", stats.token_tx), ("retransmitted", stats.token_retx),
             ("duplicate", stats.token_dup_rx)))
-        yield _counter("ringd_totem_token_holds", "Times the representative held the token on an idle ring.",
+        yield _counter("ringd_totem_token_holds", "Times this node held the token on an idle ring.",
                        stats.token_held)
         yield _counter("ringd_totem_token_hold_cancels", "Held tokens released early for a new send.",
                        stats.hold_cancels)
