@@ -143,7 +143,15 @@ class Ring:
         if token.rtr:
             budget = max(allowed, RTR_BUDGET_MIN)
             msgs = self.msgs
+            everyone_has = self.safe_aru
             for seq in token.rtr:
+                if seq <= everyone_has:
+                    # Asked for by a member that has since got it (from a late original or
+                    # another member's resend). Nobody will answer once all have collected
+                    # it, so such a request would ride the token for ever: taking room from
+                    # real requests and keeping the ring from ever counting as idle.
+                    stats.rtr_dropped += 1
+                    continue
                 entry = msgs.get(seq)
                 if entry is not None and retx < budget and isinstance(entry, Mcast | Recovered) \
                         and entry.ring_id == self.ring_id:

@@ -46,6 +46,7 @@ class TotemStats(_TimingHistograms):
     mcast_retx: int = 0  # datagrams rebroadcast to answer a retransmission request
     recovery_tx: int = 0  # old-ring datagrams rebroadcast in Recovery
     rtr_requested: int = 0  # seqs we put into the token's retransmission list
+    rtr_dropped: int = 0  # requests we took off the token: every member already had those seqs
     app_sent: int = 0  # application messages accepted by Publish
     app_refused: int = 0  # Publish refused (too large, queue full)
     fragments_tx: int = 0  # fragments of large messages sent

@@ -290,6 +290,9 @@ class DaemonCollector(Collector):
                                 "phase", (("operational", stats.mcast_retx), ("recovery", stats.recovery_tx)))
         yield _counter("ringd_totem_retransmit_requests", "Missing seqs this node asked for on the token.",
                        stats.rtr_requested)
+        yield _counter("ringd_totem_retransmit_requests_dropped",
+                       "Retransmission requests this node took off the token because every member "
+                       "already had those seqs.", stats.rtr_dropped)
         yield _counter("ringd_totem_fragments_sent", "Fragments of large messages sent.", stats.fragments_tx)
         yield _labelled_counter("ringd_totem_tokens", "Tokens, by what happened to them.", "event", (
             ("received", stats.token_rx), ("forwarded", stats.token_tx), ("retransmitted", stats.token_retx),
