@@ -15,7 +15,8 @@ preset and default Totem timings, N = 3 and 5 by default. Method follows the Cor
   failover    kill -9 of one daemon (rotating) -> the LAST survivor's monitor client receives the
               regular configuration without it; then restart it (same state dir) -> the regular
               configuration with it at the last member (from `status` answering, and from spawn).
-  resources   CPU % (of one core) and RSS per daemon, idle and during the all-senders 100 B run.
+  resources   CPU % (of one core) and RSS per daemon, idle, during the all-senders 100 B run, and
+              idle again after the throughput runs (the ring must go quiet after a burst).
   soak        (--soak-s) N = 3, every node sending 100 B for S seconds; monitors count
               configuration changes (each one is spurious: nobody fails).
 
@@ -393,6 +394,11 @@ async def bench_n(n: int, a: argparse.Namespace, root: Path) -> dict[str, Any]:
                 print(f"  N={n}: {size} B x {len(senders)} senders: {min(r['msgs_per_s']):,.0f}..."
                       f"{max(r['msgs_per_s']):,.0f} msgs/s, order {order_word(r)}", flush=True)
         res["throughput"] = tput
+        if tput:
+            # After the bursts the ring must go quiet again (held token), not keep spinning.
+            await trio.sleep(2.0)
+            res["idle_after_load"] = await sample_resources(pids, a.idle_s)
+            print(f"  N={n}: idle after load cpu {fmt_list(res['idle_after_load']['cpu_pct'], 2)} %", flush=True)
         lat = []
         for safe in ((False, True) if "latency" in a.parts else ()):
             for all_send in (False, True):
@@ -539,8 +545,8 @@ def table(rows: list[dict[str, Any]]) -> str:
                    f"| {f['join_from_spawn_median_s']:.3f} | {ok(f['join_from_ready_median_s'] <= TARGET['join_s'])} "
                    f"| {f['regular_configs_per_trial']} |")
     out += ["", "Resources per daemon (CPU % of one core; RSS MiB, max during the window)",
-            "| N | idle CPU % | idle RSS | load CPU % (all send 100 B) | load RSS max | Corosync udp idle CPU/RSS, "
-            "load CPU/RSS | target RSS ≤ 60 under load |", "|" + "---|" * 7]
+            "| N | idle CPU % | idle RSS | load CPU % (all send 100 B) | load RSS max | idle CPU % after load "
+            "| Corosync udp idle CPU/RSS, load CPU/RSS | target RSS ≤ 60 under load |", "|" + "---|" * 8]
     for r in rows:
         n = r["n"]
         load = next((t["load"] for t in r.get("throughput", []) if "load" in t and not t["dropped"]), None)
@@ -549,6 +555,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         cs = COROSYNC_RES.get(n)
         out.append(f"| {n} | {fmt_list(r['idle']['cpu_pct'], 2)} | {fmt_list(r['idle']['rss_mib'], 1)} "
                    f"| {fmt_list(load['cpu_pct'], 1)} | {max(load['rss_mib']):.1f} "
+                   f"| {fmt_list(r['idle_after_load']['cpu_pct'], 2) if 'idle_after_load' in r else '-'} "
                    f"| {f'{cs[0]} / {cs[1]}, {cs[2]} / {cs[3]}' if cs else '-'} "
                    f"| {ok(max(load['rss_mib']) <= TARGET['rss_mib'])} |")
     return "\n".join(out)
