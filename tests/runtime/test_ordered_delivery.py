@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 from ordered_helpers import (
@@ -64,6 +65,28 @@ def test_concurrent_senders_every_subscriber_sees_the_same_sequence(daemons: Pro
     first = subs[0].messages()
     positions = [(m["ring"], m["seq"]) for m in first]
     assert len(set(positions)) == len(positions), "(ring, seq) must identify a message"
+    # Then the ring goes quiet again: its token is held, not spun round (which would cost
+    # every daemon about a thousand wake-ups a second with nothing to send).
+    wait_until(QuietRing(nodes[0]), DELIVERY_TIMEOUT_S, "the ring to hold its token once idle")
+
+
+class QuietRing:
+    """Predicate: the daemon's token visits over the last half second or more come to fewer
+    than IDLE_VISITS_PER_S a second (an idle ring hands its token on about 5 times a second)."""
+
+    IDLE_VISITS_PER_S = 50.0
+
+    def __init__(self, daemon: DaemonProcess) -> None:
+        self.daemon = daemon
+        self.since: tuple[float, int] | None = None
+
+    def __call__(self) -> bool:
+        now, visits = time.monotonic(), self.daemon.status()["totem"]["stats"]["token_rx"]
+        if self.since is None or now - self.since[0] > 2.0:
+            self.since = (now, visits)  # (re)start the window
+            return False
+        elapsed = now - self.since[0]
+        return elapsed >= 0.5 and (visits - self.since[1]) / elapsed < self.IDLE_VISITS_PER_S
 
 
 def test_kill9_under_load_then_restart_checker_passes(daemons: ProcessRegistry) -> None:
