@@ -134,9 +134,11 @@ TOTEM = Dashboard(
            (f"sum(rate(ringd_totem_messages_sent_total{{{SEL}}}[{RI}]))", "sent"),
            (f"sum by (order) (rate(ringd_totem_messages_delivered_total{{{SEL}}}[{RI}]))", "delivered {{order}}"),
            unit="ops"),
-        ts("Retransmissions", "Ring datagrams sent again (by phase) and missing seqs requested.",
+        ts("Retransmissions", "Ring datagrams sent again (by phase), missing seqs requested, and requests "
+           "taken off the token because every member already had those seqs.",
            (f"sum by (phase) (rate(ringd_totem_datagrams_retransmitted_total{{{SEL}}}[{RI}]))", "retransmitted ({{phase}})"),
            (f"sum(rate(ringd_totem_retransmit_requests_total{{{SEL}}}[{RI}]))", "requested"),
+           (f"sum(rate(ringd_totem_retransmit_requests_dropped_total{{{SEL}}}[{RI}]))", "stale requests dropped"),
            unit="ops"),
         ts("Backlog", "Application messages waiting in each daemon's send queue.",
            (f"ringd_totem_backlog_messages{{{SEL}}}", "{{instance}}")),
