@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import shutil
 import signal
 import statistics
@@ -62,6 +63,26 @@ COROSYNC_LAT = {  # (nodes, all senders) -> all deliveries p50, p99 ms (udp)
     (3, False): (0.486, 0.917), (3, True): (0.329, 0.810),
     (5, False): (0.426, 1.040), (5, True): (0.281, 1.014),
 }
+CPGBENCH_LINE = re.compile(r"nodes=(\d+) .*?senders=(\d+) .*?all_lat_us_p50=([\d.]+) all_lat_us_p99=([\d.]+)")
+
+
+def corosync_latency(path: Path) -> dict[tuple[int, bool], tuple[float, float]]:
+    """Corosync latency measured beside this run: the anchor's ``results/latency.txt`` (one
+    cpgbench RESULT line per node and run) -> (nodes, all senders) -> median over nodes of
+    all-delivery p50 and p99, in ms. Host noise moves both programs alike, so numbers taken
+    in the same hour compare better than the anchor's fixed ones."""
+    per_run: dict[tuple[int, bool], list[tuple[float, float]]] = {}
+    for line in path.read_text().splitlines():
+        m = CPGBENCH_LINE.search(line)
+        if m and float(m[3]) >= 0:
+            key = (int(m[1]), int(m[2]) > 1)
+            per_run.setdefault(key, []).append((float(m[3]) / 1000, float(m[4]) / 1000))
+    if not per_run:
+        raise SystemExit(f"bench_ring: no cpgbench latency results in {path}")
+    return {k: (round(statistics.median(x for x, _ in v), 3), round(statistics.median(y for _, y in v), 3))
+            for k, v in per_run.items()}
+
+
 COROSYNC_RES = {  # nodes -> idle CPU %, idle RSS MiB, load CPU % (all senders 100 B), load RSS MiB
     3: (0.2, 14.4, 51.3, 18.2), 5: (0.2, 14.4, 26.9, 17.9),
 }
@@ -496,7 +517,7 @@ def ok(cond: bool) -> str:
     return "met" if cond else "MISSED"
 
 
-def table(rows: list[dict[str, Any]]) -> str:
+def table(rows: list[dict[str, Any]], corosync_lat: dict[tuple[int, bool], tuple[float, float]] | None = None) -> str:
     out = ["Throughput, agreed order, delivered msgs/s per node (min..max over nodes); "
            "Corosync udp multicast [udpu] same machine kind",
            "| N | bytes | senders | msgs/s per node | MB/s (min) | lat under load p50/p99 ms | order "
@@ -519,11 +540,12 @@ def table(rows: list[dict[str, Any]]) -> str:
                        f"| {order_word(t)} | {f'{cs[0]:,} [{cs[1]:,}]' if cs else '-'} | {tgt} |")
     out += ["", "Latency, 100 B at 100 msgs/s per sender (all deliveries on all nodes; sender self-delivery)",
             "| N | order | senders | all p50 / p99 ms | self p50 / p99 ms | order check | daemon CPU % "
-            "| Corosync udp all p50/p99 | target p50 ≤ 1, p99 ≤ 5 |", "|" + "---|" * 9]
+            f"| Corosync udp all p50/p99 ({'side by side' if corosync_lat else 'anchor'}) "
+            "| target p50 ≤ 1, p99 ≤ 5 |", "|" + "---|" * 9]
     for r in rows:
         n = r["n"]
         for t in r.get("latency", []):
-            cs = COROSYNC_LAT.get((n, t["senders"] > 1)) if not t["safe"] else None
+            cs = (corosync_lat or COROSYNC_LAT).get((n, t["senders"] > 1)) if not t["safe"] else None
             met = t["lat_p50_ms"] <= TARGET["lat_p50_ms"] and t["lat_p99_ms"] <= TARGET["lat_p99_ms"]
             out.append(f"| {n} | {'safe' if t['safe'] else 'agreed'} | {t['senders']} "
                        f"| {t['lat_p50_ms']:.3f} / {t['lat_p99_ms']:.3f} | {t['self_p50_ms']:.3f} / "
@@ -613,18 +635,30 @@ def main() -> None:
     p.add_argument("--keep", action="store_true", help="keep daemon and worker logs")
     p.add_argument("--parts", nargs="+", default=["throughput", "latency", "failover"],
                    choices=["throughput", "latency", "failover"], help="what to measure per N")
+    p.add_argument("--corosync-latency", metavar="FILE",
+                   help="Corosync's latency.txt from its anchor script, run beside this one: the latency "
+                        "table then compares with it instead of the anchor's fixed numbers")
     p.add_argument("--daemon-set", action="append", default=[], metavar="KEY=VALUE",
                    help="a config setting for every daemon (repeatable), e.g. totem.token_timeout_s=1")
     a = p.parse_args()
     if a.cmd == "worker":
         worker_main(a)
         return
+    cs_lat = None
+    if a.corosync_latency:  # read first: a wrong path fails before the long run, not after
+        try:
+            cs_lat = corosync_latency(Path(a.corosync_latency))
+        except OSError as exc:
+            raise SystemExit(f"bench_ring: cannot read --corosync-latency: {exc}") from None
     try:
         result = trio.run(main_async, a)
     finally:
         kill_workers()  # also on Ctrl-C: the daemons are killed by each run's `finally`
     print()
-    print(table(result["rows"]))
+    if cs_lat:
+        result["corosync_latency_side_by_side"] = {f"{n}x{'all' if every else '1'}": v
+                                                   for (n, every), v in cs_lat.items()}
+    print(table(result["rows"], cs_lat))
     if "soak" in result:
         print()
         print(soak_line(result["soak"]))
