@@ -400,8 +400,10 @@ class TotemCore(ReceiveMixin, GatherCommitMixin):
             token = Token(ring_id=token.ring_id, token_seq=token.token_seq, seq=token.seq,
                           aru=token.aru, aru_id=token.aru_id, rtr=token.rtr, fcc=token.fcc,
                           backlog=token.backlog, retrans_flg=False, install=install)
-        if (not self._releasing and ring.idle(token, len(self.queue))
-                and ring.holds_idle_token(token)):
+        # Only the would-be holder counts quiet rotations: any other member becomes one by
+        # sending, which restarts the count anyway.
+        if (not self._releasing and ring.holds_idle_token(token)
+                and ring.idle(token, len(self.queue))):
             self._held_since = self._now
             self._hold(token, out)
             return

@@ -71,9 +71,8 @@ class ReceiveMixin:
         # The token goes straight to the member that has something to send, skipping those
         # between us and it for this rotation: two hops from a send to its multicast
         # instead of the cancel plus the way round to it. Safe because the ring was idle
-        # when we held (at least one whole rotation with aru == seq: everyone has
-        # everything, nothing asked for; one quiet arrival is not enough, as the aru may
-        # have been raised by its holder after a member that lacks something) and we send
+        # when we held (at least one whole rotation in which every member saw aru == seq
+        # and asked for nothing: everyone has everything; see Ring.idle) and we send
         # nothing on this visit, so the aru we forward claims nothing the skipped members
         # have not confirmed; they see the token later in this same rotation.
         jump = sender != self.name and sender in ring.members and self._app.backlog() == 0

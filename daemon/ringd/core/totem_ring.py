@@ -76,7 +76,7 @@ class Ring:
         self.last_token_seq = -1  # highest token_seq processed
         self.my_fcc = 0
         self.my_backlog = 0
-        self.idle_visits = 0  # our visits in a row with nothing sent, missing or waiting
+        self.idle_visits = 0  # quiet visits in a row, counted while we would hold (see idle)
         self.my_last_seq = 0  # the highest seq we stamped in this ring (0: none)
         self.fail_recv_visits = 0
         self.last_visit_aru = -1
@@ -231,7 +231,7 @@ class Ring:
         return VisitResult(token=new, retransmitted=retx, sent=sent, failed_to_receive=failed)
 
     def idle(self, token: Token, queued: int) -> bool:
-        """Every member's check before a visit: the token is back as we forwarded it, with
+        """The would-be holder's check before a visit: the token is back as we forwarded it, with
         aru == seq both ways, nothing asked for and nothing queued anywhere (or queued, but a
         member whose readers are behind claimed the whole window), more than
         ``seqno_unchanged_const`` times in a row.
