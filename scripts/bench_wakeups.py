@@ -7,8 +7,10 @@ sending daemon (woken by its client's request), every other daemon (woken by the
 multicast) and each subscriber (woken by its daemon). This script times a 100-byte UDP
 datagram on loopback through the same number of wake-ups, at a paced rate (cold: each
 wake-up finds its vCPU idle, as at 100 msgs/s) and flat out (hot), with relays written
-the plainest way (blocking sockets) and the way ringd is written (a Trio task per
-socket). Compare its p50 with `bench_ring.py`'s agreed latency from the same machine and
+three ways: the plainest (blocking sockets); the leanest Trio can do, which is how ringd's
+driver waits (``wait_readable``, then non-blocking reads and sends with no scheduler round
+in between: "trio-lean"); and with Trio's socket API (a checkpoint around every call:
+"trio"). Compare its p50 with `bench_ring.py`'s agreed latency from the same machine and
 hour: absolute times drift between runs, ratios hold.
 
     .venv/bin/python scripts/bench_wakeups.py            # table + bench-results/bench_wakeups.json
@@ -32,6 +34,7 @@ import trio
 
 HOST = "127.0.0.1"
 PAYLOAD = 100
+MODES = ("blocking", "trio-lean", "trio")
 
 
 def relay_main(a: argparse.Namespace) -> None:
@@ -43,13 +46,24 @@ def relay_main(a: argparse.Namespace) -> None:
         while True:
             sock.sendto(sock.recv(2048), dest)
 
+    async def serve_lean() -> None:
+        sock.setblocking(False)
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            while True:
+                try:
+                    data = sock.recv(2048)
+                except BlockingIOError:
+                    break
+                sock.sendto(data, dest)
+
     async def serve() -> None:
         tsock = trio.socket.from_stdlib_socket(sock)
         while True:
             data = await tsock.recv(2048)
             await tsock.sendto(data, dest)
 
-    trio.run(serve)
+    trio.run(serve_lean if a.mode == "trio-lean" else serve)
 
 
 def free_ports(n: int) -> list[int]:
@@ -79,6 +93,8 @@ def measure(mode: str, wakeups: int, rate: float, count: int) -> dict[str, Any]:
         first = (HOST, ports[1]) if wakeups > 1 else (HOST, ports[0])
         if mode == "trio":
             lat = trio.run(_trio_loop, sink, first, rate, count)
+        elif mode == "trio-lean":
+            lat = trio.run(_trio_lean_loop, sink, first, rate, count)
         else:
             lat = _blocking_loop(sink, first, rate, count)
     finally:
@@ -142,11 +158,41 @@ async def _trio_loop(sink: socket.socket, first: tuple[str, int], rate: float, c
     return lat
 
 
+async def _trio_lean_loop(sink: socket.socket, first: tuple[str, int], rate: float,
+                          count: int) -> list[float]:
+    sink.setblocking(False)
+
+    async def receive() -> bytes:
+        while True:
+            try:
+                return sink.recv(2048)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(sink)
+
+    for _ in range(100):
+        sink.sendto(b"w", first)
+        with trio.move_on_after(2.0) as scope:
+            await receive()
+        if not scope.cancelled_caught:
+            break
+    else:
+        raise RuntimeError("the relay chain never answered")
+    lat = []
+    for _ in range(count):
+        t0 = time.monotonic_ns()
+        sink.sendto(b"x" * PAYLOAD, first)
+        await receive()
+        lat.append((time.monotonic_ns() - t0) / 1000)
+        if rate > 0:
+            await trio.sleep(max(0.0, 1 / rate - (time.monotonic_ns() - t0) / 1e9))  # pacing
+    return lat
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd")
     r = sub.add_parser("relay")
-    r.add_argument("--mode", choices=["blocking", "trio"], required=True)
+    r.add_argument("--mode", choices=MODES, required=True)
     r.add_argument("--port", type=int, required=True)
     r.add_argument("--next", type=int, required=True)
     p.add_argument("--wakeups", type=int, nargs="+", default=[2, 3])
@@ -160,7 +206,7 @@ def main() -> None:
         return
     rows = []
     for wakeups in a.wakeups:
-        for mode in ("blocking", "trio"):
+        for mode in MODES:
             for rate, count in ((a.rate, a.count), (0.0, a.hot_count)):
                 row = measure(mode, wakeups, rate, count)
                 rows.append(row)
