@@ -38,8 +38,8 @@ import itertools
 import os
 import socket as stdlib_socket
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -419,28 +419,32 @@ def _is_event(frame: Any) -> bool:
 
 # --- ordered delivery: Trio client ---------------------------------------------------------
 
-# Event frames the reader task buffers for the application. When it is full the reader
-# stops reading the socket, so a slow application is eventually dropped by the daemon
-# (which buffers 4096 frames per connection) instead of growing our memory without bound.
+# Event frames read ahead for the application (a request waiting for its reply reads past
+# the events before it). When this many wait, requests stop reading the socket, so an
+# application that does not consume is eventually dropped by the daemon (which buffers
+# 4096 frames per connection) instead of growing our memory without bound.
 EVENT_FRAMES_BUFFERED = 1024
 
 
 class _Pending:
-    __slots__ = ("done", "reply", "error")
+    __slots__ = ("reply",)
 
     def __init__(self) -> None:
-        self.done = trio.Event()
         self.reply: dict[str, Any] | None = None
-        self.error: ClientError | None = None
 
 
 class RingClient:
     """One connection to the local daemon for ordered group messaging (Trio).
 
-    Use it as an async context manager: that starts the background task reading the
-    socket. Requests may be made concurrently from several tasks (they are pipelined);
-    events are read by one consumer with :meth:`events` or :meth:`batches`. A client that
-    joined groups must keep reading events, or the daemon drops it.
+    Use it as an async context manager. Requests may be made concurrently from several
+    tasks (they are pipelined); events are read by one consumer with :meth:`events` or
+    :meth:`batches`. A client that joined groups must keep reading events, or the daemon
+    drops it.
+
+    There is no background reader: whichever task waits (the consumer for events, a
+    request for its reply) reads the socket and hands what it read to the others. A
+    delivered event then reaches the consumer without a hand-over between tasks, which
+    at low rates is a good part of the client's share of the delivery latency.
     """
 
     def __init__(self, stream: SocketConnection, path: Path,
@@ -450,9 +454,16 @@ class RingClient:
         self._send_lock = trio.Lock()
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
-        self._events_send, self._events_recv = trio.open_memory_channel[Any](events_buffered)
-        self._exit_stack: AsyncExitStack | None = None
-        self._cancel: trio.CancelScope | None = None
+        self._frames = FrameReader()
+        # Event frames read but not yet consumed; a request stops reading once this holds
+        # events_buffered of them (so an app that does not consume cannot make it grow).
+        self._events: collections.deque[Any] = collections.deque()
+        self._events_max = events_buffered
+        self._reading = False  # a task is reading the socket for everyone
+        # Tasks parked until the reader's progress ends their wait: what they wait for,
+        # and whether they are the event consumer (it may read however many events wait).
+        self._parked: dict[trio.lowlevel.Task, tuple[Callable[[], bool], bool]] = {}
+        self._open = False
         self._error: ClientError | None = None  # why the connection ended, if it did
         self._closing = False
         self._unsolicited: str | None = None  # an error the daemon sent without an id
@@ -463,11 +474,7 @@ class RingClient:
         return cls(*await _open_connection(path))
 
     async def __aenter__(self) -> RingClient:
-        stack = AsyncExitStack()
-        nursery = await stack.enter_async_context(trio.open_nursery())
-        self._exit_stack = stack
-        self._cancel = nursery.cancel_scope
-        nursery.start_soon(self._read_loop)
+        self._open = True
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -475,23 +482,19 @@ class RingClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the connection (the daemon drops our group memberships) and stop the reader."""
+        """Close the connection (the daemon drops our group memberships); tasks waiting on
+        it get :class:`ConnectionLost` (the event consumer just stops)."""
         self._closing = True
-        if self._cancel is not None:
-            self._cancel.cancel()
-        if self._exit_stack is not None:
-            stack, self._exit_stack = self._exit_stack, None
-            # The reader never raises, so the nursery exits cleanly; the body's own
-            # exception (if any) propagates unwrapped from our caller's `async with`.
-            await stack.aclose()
         await self._stream.aclose()
+        self._lost()
+        self._wake_parked()
 
     # --- requests ---------------------------------------------------------------------
 
     async def request(self, op: str, **fields: Any) -> dict[str, Any]:
         """Send ``{"op": op, **fields}`` and return the reply map (``ok`` true), else raise
         :class:`RequestFailed` (:class:`TryAgain` for a full queue) or :class:`ConnectionLost`."""
-        if self._exit_stack is None:
+        if not self._open:
             raise ClientError("RingClient is not open: use `async with`")
         if self._error is not None:
             raise self._error
@@ -514,12 +517,12 @@ class RingClient:
                 raise self._lost() from None
             finally:
                 self._send_lock.release()
-            await pending.done.wait()
+            await self._wait(lambda: pending.reply is not None, consumer=False)
         finally:
             del self._pending[request_id]
-        if pending.error is not None:
-            raise pending.error
-        assert pending.reply is not None
+        if pending.reply is None:
+            assert self._error is not None
+            raise self._error
         return _check_reply(op, pending.reply)
 
     async def join(self, group: str, *, self_discard: bool = False) -> str:
@@ -563,13 +566,17 @@ class RingClient:
         """Event frames as they arrive: a :class:`MessageBatch` per delivered send request
         (cheaper than :meth:`events` for fast consumers), or a config/group event. Ends
         when we close the client; raises :class:`ConnectionLost` if the daemon closed."""
+        events = self._events
         while True:
-            try:
-                frame = await self._events_recv.receive()
-            except (trio.EndOfChannel, trio.ClosedResourceError):
-                if self._error is not None and not self._closing:
-                    raise self._error from None
-                return
+            if not events:
+                await self._wait(lambda: bool(events), consumer=True)
+                if not events:  # the connection ended; what came before it was delivered
+                    if self._error is not None and not self._closing:
+                        raise self._error
+                    return
+            frame = events.popleft()
+            if self._parked:
+                self._wake_parked()  # a request may have waited for room to read
             yield decode_event(frame)
 
     async def events(self) -> AsyncIterator[Event]:
@@ -578,7 +585,7 @@ class RingClient:
             for event in expand(batch):
                 yield event
 
-    # --- the reader task --------------------------------------------------------------
+    # --- reading: whoever waits reads ---------------------------------------------------
 
     def _lost(self) -> ClientError:
         if self._error is None:
@@ -586,41 +593,78 @@ class RingClient:
             self._error = ConnectionLost(f"daemon at {self.path} closed the connection{why}")
         return self._error
 
-    async def _read_loop(self) -> None:
-        reader = FrameReader()
+    async def _wait(self, done: Callable[[], bool], *, consumer: bool) -> None:
+        """Return once ``done()`` or the connection ended. If nobody reads the socket, this
+        task does (a request only while the event buffer has room); else it parks until the
+        reader's progress ends its wait or hands the reading over to it."""
         try:
-            while True:
-                try:
-                    data = await self._stream.receive_some(READ_BYTES_MAX)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    data = b""
-                if not data:
-                    self._lost()
-                    return
-                for frame in reader.feed(data):
-                    if _is_event(frame):
-                        try:
-                            self._events_send.send_nowait(frame)
-                        except trio.WouldBlock:
-                            await self._events_send.send(frame)  # full: stop reading (backpressure)
-                    elif _is_reply(frame):
-                        pending = self._pending.get(frame.get("id"))  # type: ignore[arg-type]
-                        if pending is not None:
-                            pending.reply = frame
-                            pending.done.set()
-                        elif not frame["ok"]:  # e.g. "too many connections", before closing
-                            self._unsolicited = str(frame.get("error"))
-                    else:
-                        self._error = ProtocolError(f"daemon at {self.path} sent an unexpected frame")
-                        return
-        except WireError as exc:
-            self._error = ProtocolError(f"daemon at {self.path} sent a malformed frame: {exc}")
+            while not done() and self._error is None:
+                if self._reading or not (consumer or len(self._events) < self._events_max):
+                    await self._park(done, consumer)
+                else:
+                    await self._read_once()
         finally:
-            error = self._lost()
-            for pending in self._pending.values():
-                pending.error = error
-                pending.done.set()
-            self._events_send.close()
+            if self._parked and not self._reading:
+                self._wake_parked()  # we leave: someone else may have to read now
+
+    async def _park(self, done: Callable[[], bool], consumer: bool) -> None:
+        task = trio.lowlevel.current_task()
+        self._parked[task] = (done, consumer)
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            self._parked.pop(task, None)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def _wake_parked(self) -> None:
+        """Reschedule the parked tasks whose wait is over, and, if nobody reads, one that
+        still waits and may read (it then takes over the reading)."""
+        ended = self._error is not None
+        room = len(self._events) < self._events_max
+        successor = None
+        for task, (done, consumer) in list(self._parked.items()):
+            if ended or done():
+                del self._parked[task]
+                trio.lowlevel.reschedule(task)
+            elif successor is None and not self._reading and (consumer or room):
+                successor = task
+        if successor is not None:
+            del self._parked[successor]
+            trio.lowlevel.reschedule(successor)
+
+    async def _read_once(self) -> None:
+        """Read what the socket has (waiting for it) and hand out every complete frame."""
+        self._reading = True
+        try:
+            try:
+                data = await self._stream.receive_some(READ_BYTES_MAX)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            if not data:
+                self._lost()
+                return
+            try:
+                frames = self._frames.feed(data)
+            except WireError as exc:
+                self._error = ProtocolError(f"daemon at {self.path} sent a malformed frame: {exc}")
+                return
+            for frame in frames:
+                if _is_event(frame):
+                    self._events.append(frame)
+                elif _is_reply(frame):
+                    pending = self._pending.get(frame.get("id"))  # type: ignore[arg-type]
+                    if pending is not None:
+                        pending.reply = frame
+                    elif not frame["ok"]:  # e.g. "too many connections", before closing
+                        self._unsolicited = str(frame.get("error"))
+                else:
+                    self._error = ProtocolError(f"daemon at {self.path} sent an unexpected frame")
+                    return
+        finally:
+            self._reading = False
+            if self._parked:
+                self._wake_parked()
 
 
 @asynccontextmanager

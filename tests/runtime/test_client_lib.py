@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 from fake_api import NODE, RING, serving
 
 from ringd import client
@@ -118,7 +119,7 @@ async def test_an_app_that_stops_reading_is_dropped_by_the_daemon(
                                               "ring": RING, "seq": pushed, "safe": False,
                                               "data": [b"y" * 8192]})
                     pushed += 1
-                    await trio.lowlevel.checkpoint()  # let the writer and reader tasks run
+                    await trio.lowlevel.checkpoint()  # let the server's writer task run
             seqs = []
             with pytest.raises(ConnectionLost):
                 async for event in ring.events():
@@ -126,6 +127,73 @@ async def test_an_app_that_stops_reading_is_dropped_by_the_daemon(
                         seqs.append(event.seq)
             # What the daemon sent before dropping us arrives complete and in order.
             assert seqs == list(range(len(seqs))) and 0 < len(seqs) < pushed
+
+
+async def test_trio_client_hands_the_reading_over(short_tmp: Path) -> None:
+    """Whoever waits reads: when the event consumer (reading for everyone) is cancelled,
+    a request parked behind it takes the reading over and still gets its reply."""
+    async with serving(short_tmp / "api.sock") as s, open_client(s.path) as ring:
+        await ring.join("g")
+        s.driver.hold_sends = True
+        got: list[object] = []
+        counts: list[int] = []
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                consumer = trio.CancelScope()
+
+                async def consume() -> None:
+                    with consumer:
+                        async for event in ring.events():
+                            got.append(event)
+
+                async def send() -> None:
+                    counts.append(await ring.send("g", b"m"))
+
+                nursery.start_soon(consume)
+                await trio.testing.wait_all_tasks_blocked()
+                assert [type(e) for e in got] == [GroupEvent]  # and the consumer reads on
+                nursery.start_soon(send)
+                await s.driver.wait_for(lambda: len(s.driver.held) == 1)
+                consumer.cancel()
+                await trio.testing.wait_all_tasks_blocked()
+                s.driver.deliver(s.driver.held.pop())  # the reply, then the message
+            assert counts == [1]
+            async for event in ring.events():  # read by the send, kept for the next consumer
+                got.append(event)
+                break
+        assert [type(e) for e in got] == [GroupEvent, MessageEvent]
+
+
+async def test_a_request_reads_ahead_only_a_bounded_number_of_events(short_tmp: Path) -> None:
+    """A reply behind many unconsumed events: the request reads until the event buffer is
+    full, then waits for the consumer to make room (memory stays bounded)."""
+    async with serving(short_tmp / "api.sock") as s:
+        ring = await RingClient.connect(s.path)
+        ring.__init__(ring._stream, ring.path, events_buffered=4)  # type: ignore[misc]
+        async with ring:
+            await ring.join("g")
+            for seq in range(40):
+                s.driver.push_group("g", {"ev": "message", "group": "g", "sender": NODE, "member": ME,
+                                          "ring": RING, "seq": seq, "safe": False, "data": [b"y" * 8192]})
+            answered: list[dict[str, object]] = []
+            seqs: list[int] = []
+            with trio.fail_after(10):
+                async with trio.open_nursery() as nursery:
+
+                    async def ask() -> None:
+                        answered.append(await ring.ring())
+
+                    nursery.start_soon(ask)
+                    await trio.testing.wait_all_tasks_blocked()
+                    assert answered == []  # stuck behind the events nobody consumed
+                    assert len(ring._events) < 40
+                    async for event in ring.events():
+                        if isinstance(event, MessageEvent):
+                            seqs.append(event.seq)
+                            if event.seq == 39:
+                                break
+            assert seqs == list(range(40))
+            assert answered and answered[0]["ring"] == RING
 
 
 def test_blocking_client(short_tmp: Path) -> None:
