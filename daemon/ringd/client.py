@@ -458,8 +458,9 @@ class RingClient:
         # Event frames read but not yet consumed; a request stops reading once this holds
         # events_buffered of them (so an app that does not consume cannot make it grow).
         self._events: collections.deque[Any] = collections.deque()
-        self._events_max = events_buffered
+        self._events_max = max(1, events_buffered)
         self._reading = False  # a task is reading the socket for everyone
+        self._consumer: trio.lowlevel.Task | None = None  # the task iterating the events
         # Tasks parked until the reader's progress ends their wait: what they wait for,
         # and whether they are the event consumer (it may read however many events wait).
         self._parked: dict[trio.lowlevel.Task, tuple[Callable[[], bool], bool]] = {}
@@ -485,9 +486,10 @@ class RingClient:
         """Close the connection (the daemon drops our group memberships); tasks waiting on
         it get :class:`ConnectionLost` (the event consumer just stops)."""
         self._closing = True
-        await self._stream.aclose()
+        self._open = False
         self._lost()
-        self._wake_parked()
+        self._wake_parked()  # before the await: __aexit__ often runs in a cancelled scope
+        await self._stream.aclose()
 
     # --- requests ---------------------------------------------------------------------
 
@@ -512,18 +514,37 @@ class RingClient:
             except trio.WouldBlock:
                 await self._send_lock.acquire()
             try:
-                await self._stream.send_all(frame)
+                await self._write(frame)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                raise self._lost() from None
+                error = self._lost()
+                self._wake_parked()
+                raise error from None
             finally:
                 self._send_lock.release()
-            await self._wait(lambda: pending.reply is not None, consumer=False)
+            # The consumer's own task may read past the event bound: nobody else would.
+            consumer = self._consumer is not None and self._consumer is trio.lowlevel.current_task()
+            await self._wait(lambda: pending.reply is not None, consumer=consumer)
         finally:
             del self._pending[request_id]
         if pending.reply is None:
             assert self._error is not None
             raise self._error
         return _check_reply(op, pending.reply)
+
+    async def _write(self, frame: bytes) -> None:
+        view = memoryview(frame)
+        try:
+            while view:
+                view = view[self._stream.send_nowait(view):]
+                if view:
+                    await self._stream.wait_writable()
+        except BaseException:
+            if 0 < len(view) < len(frame):
+                # Cancelled half-way through a frame: the byte stream cannot be resynchronised.
+                self._error = ConnectionLost(f"connection to {self.path} abandoned in the middle of a request")
+                self._stream.close()
+                self._wake_parked()
+            raise
 
     async def join(self, group: str, *, self_discard: bool = False) -> str:
         """Join ``group``; returns our member id ``node:pid``. With ``self_discard`` our own
@@ -568,6 +589,7 @@ class RingClient:
         when we close the client; raises :class:`ConnectionLost` if the daemon closed."""
         events = self._events
         while True:
+            self._consumer = trio.lowlevel.current_task()
             if not events:
                 await self._wait(lambda: bool(events), consumer=True)
                 if not events:  # the connection ended; what came before it was delivered
@@ -575,7 +597,7 @@ class RingClient:
                         raise self._error
                     return
             frame = events.popleft()
-            if self._parked:
+            if self._parked and len(events) == self._events_max - 1:
                 self._wake_parked()  # a request may have waited for room to read
             yield decode_event(frame)
 
@@ -656,7 +678,7 @@ class RingClient:
                     pending = self._pending.get(frame.get("id"))  # type: ignore[arg-type]
                     if pending is not None:
                         pending.reply = frame
-                    elif not frame["ok"]:  # e.g. "too many connections", before closing
+                    elif not frame["ok"] and frame.get("id") is None:  # e.g. "too many connections"
                         self._unsolicited = str(frame.get("error"))
                 else:
                     self._error = ProtocolError(f"daemon at {self.path} sent an unexpected frame")

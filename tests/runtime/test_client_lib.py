@@ -29,6 +29,7 @@ from ringd.client import (
     open_client,
 )
 from ringd.runtime import api_types
+from ringd.runtime.stream import IMMEDIATE_READS_MAX, SocketConnection
 
 ME = f"{NODE}:{os.getpid()}"
 
@@ -194,6 +195,61 @@ async def test_a_request_reads_ahead_only_a_bounded_number_of_events(short_tmp: 
                                 break
             assert seqs == list(range(40))
             assert answered and answered[0]["ring"] == RING
+
+
+async def test_the_consumer_may_make_requests_while_events_pile_up(short_tmp: Path) -> None:
+    """A consumer that answers each event with a request: its own request reads past the
+    event bound (nobody else would read, and waiting for itself would hang)."""
+    async with serving(short_tmp / "api.sock") as s:
+        ring = await RingClient.connect(s.path)
+        ring.__init__(ring._stream, ring.path, events_buffered=2)  # type: ignore[misc]
+        async with ring:
+            await ring.join("g")
+            for seq in range(30):
+                s.driver.push_group("g", {"ev": "message", "group": "g", "sender": NODE, "member": ME,
+                                          "ring": RING, "seq": seq, "safe": False, "data": [b"z" * 4096]})
+            seqs = []
+            with trio.fail_after(10):
+                async for event in ring.events():
+                    if isinstance(event, MessageEvent):
+                        seqs.append(event.seq)
+                        assert (await ring.ring())["ring"] == RING
+                        if event.seq == 29:
+                            break
+            assert seqs == list(range(30))
+
+
+async def test_a_request_cancelled_half_way_through_its_frame_ends_the_connection() -> None:
+    import socket
+
+    ours, theirs = socket.socketpair()  # the "daemon" never reads: the frame cannot go out whole
+    with ours, theirs:
+        ring = RingClient(SocketConnection(ours), Path("test.sock"))
+        async with ring:
+            with trio.move_on_after(0.2) as scope:
+                await ring.send("g", b"x" * (8 << 20))
+            assert scope.cancelled_caught
+            with trio.fail_after(5), pytest.raises(ConnectionLost, match="abandoned in the middle of a request"):
+                await ring.ring()
+
+
+async def test_a_cancelled_read_loses_no_bytes() -> None:
+    import socket
+
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        theirs.sendall(bytes(range(100)))
+        conn = SocketConnection(ours)
+        got = b""
+        for _ in range(IMMEDIATE_READS_MAX - 1):
+            got += await conn.receive_some(1)
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            got += await conn.receive_some(1)  # the read that also lets other tasks run
+        with trio.move_on_after(5):
+            while len(got) < 100:
+                got += await conn.receive_some(100)
+        assert got == bytes(range(100))
 
 
 def test_blocking_client(short_tmp: Path) -> None:

@@ -46,7 +46,8 @@ class SocketConnection:
             self._immediate_reads += 1
             if self._immediate_reads >= IMMEDIATE_READS_MAX:
                 self._immediate_reads = 0
-                await trio.lowlevel.checkpoint()
+                # Shielded: a cancel here would throw away the bytes just read.
+                await trio.lowlevel.cancel_shielded_checkpoint()
             return data
 
     def send_nowait(self, data: bytes | memoryview) -> int:
@@ -71,11 +72,15 @@ class SocketConnection:
             if view:
                 await trio.lowlevel.wait_writable(self.socket)
 
-    async def aclose(self) -> None:
-        """Close the socket; tasks waiting on it get :class:`trio.ClosedResourceError`."""
+    def close(self) -> None:
+        """Close the socket now; tasks waiting on it get :class:`trio.ClosedResourceError`."""
         if self.socket.fileno() != -1:
             trio.lowlevel.notify_closing(self.socket)
             self.socket.close()
+
+    async def aclose(self) -> None:
+        """:meth:`close`, as a checkpoint."""
+        self.close()
         await trio.lowlevel.checkpoint()
 
     async def __aenter__(self) -> SocketConnection:
