@@ -451,7 +451,8 @@ SOAK_STATS = ("gather_entered", "token_lost", "fail_to_recv", "consensus_timeout
 
 
 # Totem counters summed over the daemons around each latency run (per message sent).
-LATENCY_STATS = ("token_rx", "token_held", "hold_cancels", "merge_detect_tx")
+LATENCY_STATS = ("token_rx", "token_held", "hold_cancels", "merge_detect_tx", "token_retx", "throttled_visits",
+                 "mcast_retx", "rtr_requested", "rings_formed")
 
 
 async def totem_stats(d: Daemon) -> dict[str, Any]:
