@@ -91,10 +91,8 @@ def measure(mode: str, wakeups: int, rate: float, count: int) -> dict[str, Any]:
             relays.append(subprocess.Popen([sys.executable, __file__, "relay", "--mode", mode, "--port",
                                             str(ports[i]), "--next", str(nxt)]))
         first = (HOST, ports[1]) if wakeups > 1 else (HOST, ports[0])
-        if mode == "trio":
-            lat = trio.run(_trio_loop, sink, first, rate, count)
-        elif mode == "trio-lean":
-            lat = trio.run(_trio_lean_loop, sink, first, rate, count)
+        if mode in ("trio", "trio-lean"):
+            lat = trio.run(_trio_loop, sink, first, rate, count, mode == "trio-lean")
         else:
             lat = _blocking_loop(sink, first, rate, count)
     finally:
@@ -137,32 +135,21 @@ def _pace(t0_ns: int, rate: float) -> None:
         time.sleep(max(0.0, 1 / rate - (time.monotonic_ns() - t0_ns) / 1e9))  # pacing, not waiting for a condition
 
 
-async def _trio_loop(sink: socket.socket, first: tuple[str, int], rate: float, count: int) -> list[float]:
+async def _trio_loop(sink: socket.socket, first: tuple[str, int], rate: float, count: int,
+                     lean: bool) -> list[float]:
+    """Our end of the chain in Trio: through Trio's socket API, or ``lean`` like ringd's
+    driver (plain non-blocking calls, waiting only when there is nothing to read)."""
     tsock = trio.socket.from_stdlib_socket(sink)
-    for _ in range(100):
-        await tsock.sendto(b"w", first)
-        with trio.move_on_after(2.0) as scope:
-            await tsock.recv(2048)
-        if not scope.cancelled_caught:
-            break
-    else:
-        raise RuntimeError("the relay chain never answered")
-    lat = []
-    for _ in range(count):
-        t0 = time.monotonic_ns()
-        await tsock.sendto(b"x" * PAYLOAD, first)
-        await tsock.recv(2048)
-        lat.append((time.monotonic_ns() - t0) / 1000)
-        if rate > 0:
-            await trio.sleep(max(0.0, 1 / rate - (time.monotonic_ns() - t0) / 1e9))  # pacing
-    return lat
 
-
-async def _trio_lean_loop(sink: socket.socket, first: tuple[str, int], rate: float,
-                          count: int) -> list[float]:
-    sink.setblocking(False)
+    async def send(data: bytes) -> None:
+        if lean:
+            sink.sendto(data, first)
+        else:
+            await tsock.sendto(data, first)
 
     async def receive() -> bytes:
+        if not lean:
+            return await tsock.recv(2048)
         while True:
             try:
                 return sink.recv(2048)
@@ -170,7 +157,7 @@ async def _trio_lean_loop(sink: socket.socket, first: tuple[str, int], rate: flo
                 await trio.lowlevel.wait_readable(sink)
 
     for _ in range(100):
-        sink.sendto(b"w", first)
+        await send(b"w")
         with trio.move_on_after(2.0) as scope:
             await receive()
         if not scope.cancelled_caught:
@@ -180,7 +167,7 @@ async def _trio_lean_loop(sink: socket.socket, first: tuple[str, int], rate: flo
     lat = []
     for _ in range(count):
         t0 = time.monotonic_ns()
-        sink.sendto(b"x" * PAYLOAD, first)
+        await send(b"x" * PAYLOAD)
         await receive()
         lat.append((time.monotonic_ns() - t0) / 1000)
         if rate > 0:

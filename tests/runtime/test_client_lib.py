@@ -34,6 +34,19 @@ from ringd.runtime.stream import IMMEDIATE_READS_MAX, SocketConnection
 ME = f"{NODE}:{os.getpid()}"
 
 
+def message_frame(seq: int, size: int) -> dict[str, object]:
+    """The event frame of one message of ``size`` bytes to group "g"."""
+    return {"ev": "message", "group": "g", "sender": NODE, "member": ME, "ring": RING, "seq": seq,
+            "safe": False, "data": [b"y" * size]}
+
+
+async def small_buffer_client(path: Path, frames: int) -> RingClient:
+    """A client that keeps at most ``frames`` unconsumed event frames (enter it with ``async with``)."""
+    ring = await RingClient.connect(path)
+    ring.__init__(ring._stream, ring.path, events_buffered=frames)  # type: ignore[misc]
+    return ring
+
+
 async def test_trio_client_join_send_and_events(short_tmp: Path) -> None:
     async with serving(short_tmp / "api.sock") as s, open_client(s.path) as ring:
         assert await ring.join("chat") == ME
@@ -109,16 +122,12 @@ async def test_an_app_that_stops_reading_is_dropped_by_the_daemon(
         short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(api_types, "API_OUTGOING_FRAMES_MAX", 16)
     async with serving(short_tmp / "api.sock") as s:
-        ring = await RingClient.connect(s.path)
-        ring.__init__(ring._stream, ring.path, events_buffered=8)  # a small app-side buffer
-        async with ring:
+        async with await small_buffer_client(s.path, 8) as ring:
             await ring.join("g")
             pushed = 0
             with trio.fail_after(10):
                 while s.server.stats.slow_dropped == 0:  # the app reads nothing meanwhile
-                    s.driver.push_group("g", {"ev": "message", "group": "g", "sender": NODE, "member": ME,
-                                              "ring": RING, "seq": pushed, "safe": False,
-                                              "data": [b"y" * 8192]})
+                    s.driver.push_group("g", message_frame(pushed, 8192))
                     pushed += 1
                     await trio.lowlevel.checkpoint()  # let the server's writer task run
             seqs = []
@@ -169,13 +178,10 @@ async def test_a_request_reads_ahead_only_a_bounded_number_of_events(short_tmp: 
     """A reply behind many unconsumed events: the request reads until the event buffer is
     full, then waits for the consumer to make room (memory stays bounded)."""
     async with serving(short_tmp / "api.sock") as s:
-        ring = await RingClient.connect(s.path)
-        ring.__init__(ring._stream, ring.path, events_buffered=4)  # type: ignore[misc]
-        async with ring:
+        async with await small_buffer_client(s.path, 4) as ring:
             await ring.join("g")
             for seq in range(40):
-                s.driver.push_group("g", {"ev": "message", "group": "g", "sender": NODE, "member": ME,
-                                          "ring": RING, "seq": seq, "safe": False, "data": [b"y" * 8192]})
+                s.driver.push_group("g", message_frame(seq, 8192))
             answered: list[dict[str, object]] = []
             seqs: list[int] = []
             with trio.fail_after(10):
@@ -201,13 +207,10 @@ async def test_the_consumer_may_make_requests_while_events_pile_up(short_tmp: Pa
     """A consumer that answers each event with a request: its own request reads past the
     event bound (nobody else would read, and waiting for itself would hang)."""
     async with serving(short_tmp / "api.sock") as s:
-        ring = await RingClient.connect(s.path)
-        ring.__init__(ring._stream, ring.path, events_buffered=2)  # type: ignore[misc]
-        async with ring:
+        async with await small_buffer_client(s.path, 2) as ring:
             await ring.join("g")
             for seq in range(30):
-                s.driver.push_group("g", {"ev": "message", "group": "g", "sender": NODE, "member": ME,
-                                          "ring": RING, "seq": seq, "safe": False, "data": [b"z" * 4096]})
+                s.driver.push_group("g", message_frame(seq, 4096))
             seqs = []
             with trio.fail_after(10):
                 async for event in ring.events():
