@@ -143,9 +143,10 @@ TOTEM = Dashboard(
         ts("Backlog", "Application messages waiting in each daemon's send queue.",
            (f"ringd_totem_backlog_messages{{{SEL}}}", "{{instance}}")),
         ts("Tokens", "Tokens per second, by what happened to them; visits that throttled the ring "
-           "for slow subscribers.",
+           "or held the token back for slow subscribers.",
            (f"sum by (event) (rate(ringd_totem_tokens_total{{{SEL}}}[{RI}]))", "{{event}}"),
            (f"sum(rate(ringd_totem_throttled_visits_total{{{SEL}}}[{RI}]))", "throttled for slow readers"),
+           (f"sum(rate(ringd_totem_backpressure_holds_total{{{SEL}}}[{RI}]))", "held back for slow readers"),
            unit="ops"),
         ts("Ring datagrams", "Datagrams of our ring per second, by direction.",
            (f"sum by (direction) (rate(ringd_totem_datagrams_total{{{SEL}}}[{RI}]))", "{{direction}}"), unit="pps"),

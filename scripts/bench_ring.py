@@ -452,13 +452,13 @@ SOAK_STATS = ("gather_entered", "token_lost", "fail_to_recv", "consensus_timeout
 
 # Totem counters summed over the daemons around each latency run (per message sent).
 LATENCY_STATS = ("token_rx", "token_held", "hold_cancels", "merge_detect_tx", "token_retx", "throttled_visits",
-                 "mcast_retx", "rtr_requested", "rings_formed")
+                 "mcast_retx", "rtr_requested", "rings_formed", "backpressure_holds")
 
 
 async def totem_stats(d: Daemon) -> dict[str, Any]:
     """The daemon's Totem counters ({} if it does not answer)."""
     status = await ask(d, "status")
-    return status["totem"]["stats"] if status else {}
+    return {**status["totem"]["stats"], **status["totem"].get("driver", {})} if status else {}
 
 
 async def totem_totals(c: Cluster) -> dict[str, int]:

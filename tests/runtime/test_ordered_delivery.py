@@ -275,6 +275,7 @@ def test_a_subscriber_that_reads_slowly_slows_the_ring_and_is_not_dropped(daemon
     status = nodes[1].status()
     assert status["control"]["slow_dropped"] == 0
     assert status["totem"]["stats"]["throttled_visits"] > 0
+    assert status["totem"]["driver"]["backpressure_holds"] > 0  # its token visits waited for it too
 
 
 def test_bad_client_frames_get_an_error_and_the_daemon_keeps_serving(daemons: ProcessRegistry) -> None:

@@ -146,7 +146,7 @@ def _ordered_delivery_status(daemon: Daemon) -> dict[str, Any]:
     if totem is not None:
         ring_info = getattr(daemon, "ring_info", None)
         if ring_info is not None:  # the real daemon: knows whether it is only an observer
-            out["totem"] = {**ring_info(), "stats": plain(totem.stats)}
+            out["totem"] = {**ring_info(), "stats": plain(totem.stats), "driver": daemon.ordering.driver_stats()}
         else:
             out["totem"] = {
                 "state": plain(totem.state),

@@ -307,6 +307,19 @@ class DaemonCollector(Collector):
         yield _counter("ringd_totem_throttled_visits",
                        "Token visits that claimed the whole send window because local subscribers "
                        "fell behind (and kept reading).", stats.throttled_visits)
+        ordering = getattr(daemon, "ordering", None)
+        if ordering is not None:
+            driver = ordering.driver_stats()
+            yield _counter("ringd_totem_backpressure_holds",
+                           "Token visits this node held back (a bounded wait) because a local "
+                           "subscriber had more than 4 MiB waiting.", driver["backpressure_holds"])
+            yield _counter("ringd_totem_observer_datagrams_dropped",
+                           "Totem datagrams ignored: from a gossip-only observer (beyond "
+                           "totem.ring_size_max), or received while this node is one.",
+                           driver["observer_dropped"])
+            yield _counter("ringd_totem_unicasts_unaddressed",
+                           "Totem unicasts (tokens, commit tokens) dropped because the "
+                           "destination's address was not known yet.", driver["unknown_destination"])
         for direction, suffix in (("sent", "tx"), ("received", "rx")):
             yield _labelled_counter(
                 f"ringd_totem_membership_messages_{direction}", f"Totem membership messages {direction}, by type.",

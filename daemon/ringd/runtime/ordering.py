@@ -293,6 +293,11 @@ class OrderedDelivery:
 
     # --- status -------------------------------------------------------------------------
 
+    def driver_stats(self) -> dict[str, int]:
+        """What the driver itself counts (beside the Totem core's stats)."""
+        return {"backpressure_holds": self.backpressure_holds, "observer_dropped": self.observer_dropped,
+                "unknown_destination": self.unknown_destination}
+
     def ring_info(self, now: float) -> dict[str, Any]:
         totem = self.totem
         return {
