@@ -14,6 +14,7 @@ import time
 
 import pytest
 from ordered_helpers import (
+    RING_TIMEOUT_S,
     Subscriber,
     check_evs,
     payloads,
@@ -232,6 +233,37 @@ def test_subscriber_that_stops_reading_is_dropped_others_keep_up(daemons: Proces
         assert good.data() == lines
         status = nodes[1].status()
         assert status["control"]["slow_dropped"] >= 1
+    finally:
+        stalled.close()
+
+
+def test_a_subscriber_that_stopped_reading_holds_no_token_before_it_is_dropped(
+        daemons: ProcessRegistry) -> None:
+    """Between the 4 MiB at which a reader's backlog slows the ring and the 32 MiB at which
+    its daemon drops it, a subscriber that stopped reading must not hold up token visits
+    (each would wait for it in vain, and at a low rate it would never reach 32 MiB)."""
+    nodes = daemons.start_cluster(2, *STEADY)
+    wait_ring(nodes)
+    stalled = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.connect(str(nodes[1].socket))
+    stalled.sendall(pack_frame({"op": "group_join", "group": "flood", "id": 1}))
+    try:
+        wait_until(lambda: nodes[1].status()["groups"]["groups"].get("flood"), RING_TIMEOUT_S,
+                   "the stalled subscriber's join")
+        lines = [f"{i}-" + "y" * 900 for i in range(8000)]  # about 7.5 MB queued for it
+        with BlockingRingClient(nodes[0].socket, timeout_s=SEND_TIMEOUT_S) as ring:
+            for start in range(0, len(lines), 500):
+                ring.send("flood", lines[start:start + 500])
+
+            def rotations_without_holds() -> bool:
+                before = nodes[1].status()["totem"]["driver"]["backpressure_holds"]
+                for _ in range(10):
+                    ring.send("other", b"x", safe=True)  # safe: the token passes node 2 twice
+                return nodes[1].status()["totem"]["driver"]["backpressure_holds"] == before
+
+            wait_until(rotations_without_holds, 30, "token visits that do not wait for the stopped subscriber")
+        assert nodes[1].status()["control"]["slow_dropped"] == 0  # still there: under 32 MiB
     finally:
         stalled.close()
 

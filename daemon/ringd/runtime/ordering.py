@@ -78,10 +78,11 @@ PUBLISH_BYTES_TARGET = 48 * 1024
 SUBSCRIBER_BACKLOG_HIGH_BYTES = 4 << 20
 # Longest such hold per token visit: well below token_retransmit_s, so nobody resends it.
 BACKPRESSURE_HOLD_MAX_FRACTION = 0.4
-# Such a subscriber that read something this recently also throttles the whole ring (see
-# ReadersBehind): a hold alone cannot stop a rotation's worth of new messages (up to
-# window_size datagrams) arriving at every visit. One that stopped reading does not: it
-# is dropped once its buffer is full, and nobody else waits for it.
+# Only a subscriber that read something this recently counts as behind: it makes us hold the
+# token, and it also throttles the whole ring (see ReadersBehind), as a hold alone cannot
+# stop a rotation's worth of new messages (up to window_size datagrams) arriving at every
+# visit. One that stopped reading does neither: it is dropped once its buffer is full, and
+# nobody else waits for it.
 READER_PROGRESS_S = 0.25
 # While they throttle it, how often we look whether they caught up (the token may be held
 # idle meanwhile, so its arrival cannot be what tells us).
@@ -427,7 +428,7 @@ class OrderedDelivery:
         if address is None:
             self.unknown_destination += 1
             return
-        if type(msg) is Token and self._subscriber_backlog() > SUBSCRIBER_BACKLOG_HIGH_BYTES:
+        if type(msg) is Token and self._reader_backlog() > SUBSCRIBER_BACKLOG_HIGH_BYTES:
             await self._wait_for_readers()
         data = self._encode(msg)
         if data is not None:
@@ -443,8 +444,13 @@ class OrderedDelivery:
         if behind != self.totem.readers_behind:
             await self._run(self.totem.handle(ReadersBehind(behind=behind), now), now)
 
-    def _subscriber_backlog(self) -> int:
-        return max((c.queued_bytes for c in self.api_connections.values()), default=0)
+    def _reader_backlog(self) -> int:
+        """The largest backlog of a local subscriber that still reads. One that stopped
+        (nothing taken for READER_PROGRESS_S) is not waited for: it is dropped once its
+        buffer is full, and at a low rate that could take for ever."""
+        now = trio.current_time()
+        return max((c.queued_bytes for c in self.api_connections.values()
+                    if now - c.drained_at < READER_PROGRESS_S), default=0)
 
     async def _wait_for_readers(self) -> None:
         """Give local subscribers time to catch up before the token (and new messages) move
@@ -452,7 +458,7 @@ class OrderedDelivery:
         self.backpressure_holds += 1
         limit = BACKPRESSURE_HOLD_MAX_FRACTION * self.cfg.totem.token_retransmit_s
         with trio.move_on_after(limit):
-            while self._subscriber_backlog() > SUBSCRIBER_BACKLOG_HIGH_BYTES:
+            while self._reader_backlog() > SUBSCRIBER_BACKLOG_HIGH_BYTES:
                 await trio.sleep(BACKPRESSURE_POLL_S)
 
     async def _config_change(self, change: ConfigChange, now: float) -> None:
