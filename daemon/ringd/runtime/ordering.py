@@ -428,7 +428,7 @@ class OrderedDelivery:
         if address is None:
             self.unknown_destination += 1
             return
-        if type(msg) is Token and self._reader_backlog() > SUBSCRIBER_BACKLOG_HIGH_BYTES:
+        if type(msg) is Token and self._reader_backlog(trio.current_time()) > SUBSCRIBER_BACKLOG_HIGH_BYTES:
             await self._wait_for_readers()
         data = self._encode(msg)
         if data is not None:
@@ -439,16 +439,14 @@ class OrderedDelivery:
         self._readers_check_at = now + READERS_CHECK_S
         # Once throttling, go on until they are half-way down again: not on and off per visit.
         high = SUBSCRIBER_BACKLOG_HIGH_BYTES // 2 if self.totem.readers_behind else SUBSCRIBER_BACKLOG_HIGH_BYTES
-        behind = any(conn.queued_bytes > high and now - conn.drained_at < READER_PROGRESS_S
-                     for conn in self.api_connections.values())
+        behind = self._reader_backlog(now) > high
         if behind != self.totem.readers_behind:
             await self._run(self.totem.handle(ReadersBehind(behind=behind), now), now)
 
-    def _reader_backlog(self) -> int:
+    def _reader_backlog(self, now: float) -> int:
         """The largest backlog of a local subscriber that still reads. One that stopped
-        (nothing taken for READER_PROGRESS_S) is not waited for: it is dropped once its
-        buffer is full, and at a low rate that could take for ever."""
-        now = trio.current_time()
+        (nothing taken for READER_PROGRESS_S) is neither waited for nor throttled for: it is
+        dropped once its buffer is full, and at a low rate that could take for ever."""
         return max((c.queued_bytes for c in self.api_connections.values()
                     if now - c.drained_at < READER_PROGRESS_S), default=0)
 
@@ -458,7 +456,7 @@ class OrderedDelivery:
         self.backpressure_holds += 1
         limit = BACKPRESSURE_HOLD_MAX_FRACTION * self.cfg.totem.token_retransmit_s
         with trio.move_on_after(limit):
-            while self._reader_backlog() > SUBSCRIBER_BACKLOG_HIGH_BYTES:
+            while self._reader_backlog(trio.current_time()) > SUBSCRIBER_BACKLOG_HIGH_BYTES:
                 await trio.sleep(BACKPRESSURE_POLL_S)
 
     async def _config_change(self, change: ConfigChange, now: float) -> None:
