@@ -12,7 +12,15 @@ from typing import Any
 
 import trio
 
-from ringd.runtime.api_types import ApiConnection, ApiDisconnect, ApiRequest
+from ringd.core.requests import (
+    ClientGone,
+    JoinGroup,
+    LeaveGroup,
+    QueryMembers,
+    QueryRing,
+    SendMessages,
+)
+from ringd.runtime.api_types import ApiConnection, ApiRequest
 from ringd.runtime.control import ControlServer, ControlStats
 
 LOG = logging.getLogger("test.api")
@@ -21,13 +29,17 @@ RING = "4.node1"
 
 
 class ApiDaemon:
-    """The attributes of a Daemon that the control server uses for API connections."""
+    """The attributes of a Daemon (``DaemonView``) that the control server uses for API
+    connections."""
 
-    def __init__(self, control_stats: ControlStats, run_groups: bool = True) -> None:
+    def __init__(self, control_stats: ControlStats) -> None:
         self.inbox_send, self.inbox_recv = trio.open_memory_channel[Any](16)
-        if run_groups:  # a daemon without it runs no driver for API requests
-            self.api_connections: dict[int, ApiConnection] = {}
+        self.api_connections: dict[int, ApiConnection] = {}
         self.control_stats = control_stats
+        self.backlog_reports = 0
+
+    def backlog_changed(self, conn: ApiConnection) -> None:
+        self.backlog_reports += 1
 
 
 @dataclass
@@ -50,7 +62,7 @@ class FakeDriver:
 
     async def run(self) -> None:
         async for item in self.daemon.inbox_recv:
-            if isinstance(item, ApiDisconnect):
+            if isinstance(item, ClientGone):
                 self.disconnects.append(item.conn)
                 for group in list(self.members):
                     if item.conn in self.members[group]:
@@ -69,39 +81,40 @@ class FakeDriver:
 
     def _handle(self, req: ApiRequest) -> None:
         r = req.request
-        if req.op == "group_join":
-            member = f"{NODE}:{req.pid}"
+        if isinstance(r, JoinGroup):
+            member = f"{NODE}:{r.pid}"
             req.reply({"ok": True, "member": member})
-            self.members.setdefault(r["group"], {})[req.conn] = member
-            if r["self_discard"]:
-                self.self_discard.add((r["group"], req.conn))
-            self._group_event(r["group"], [member], [], "join")
-        elif req.op == "group_leave":
+            self.members.setdefault(r.group, {})[r.conn] = member
+            if r.self_discard:
+                self.self_discard.add((r.group, r.conn))
+            self._group_event(r.group, [member], [], "join")
+        elif isinstance(r, LeaveGroup):
             req.reply({"ok": True})
-            self._leave(r["group"], req.conn, "leave")
-        elif req.op == "send":
-            if r["group"] == "full" and not r["wait"]:
+            self._leave(r.group, r.conn, "leave")
+        elif isinstance(r, SendMessages):
+            if r.group == "full" and not r.wait:
                 req.reply({"ok": False, "error": "ordered queue full, try again", "again": True})
             elif self.hold_sends:
                 self.held.append(req)
             else:
                 self.deliver(req)
-        elif req.op == "group_members":
+        elif isinstance(r, QueryMembers):
             groups = {g: sorted(m.values()) for g, m in self.members.items() if m}
-            if r["group"] is not None:
-                groups = {r["group"]: groups.get(r["group"], [])}
+            if r.group is not None:
+                groups = {r.group: groups.get(r.group, [])}
             req.reply({"ok": True, "groups": groups})
-        elif req.op == "ring":
+        elif isinstance(r, QueryRing):
             req.reply({"ok": True, "state": "operational", "ring": RING, "members": [NODE], "held_out": []})
 
     def deliver(self, req: ApiRequest) -> None:
         """Accept a send and deliver it to the group's members (the sender's reply first)."""
         r = req.request
-        req.reply({"ok": True, "count": len(r["data"])})
-        frame = {"ev": "message", "group": r["group"], "sender": NODE, "member": f"{NODE}:{req.pid}",
-                 "ring": RING, "seq": self.seq, "safe": r["safe"], "data": r["data"]}
-        self.seq += len(r["data"])
-        self.push_group(r["group"], frame, skip=req.conn if (r["group"], req.conn) in self.self_discard else None)
+        assert isinstance(r, SendMessages)
+        req.reply({"ok": True, "count": len(r.data)})
+        frame = {"ev": "message", "group": r.group, "sender": NODE, "member": f"{NODE}:{r.pid}",
+                 "ring": RING, "seq": self.seq, "safe": r.safe, "data": list(r.data)}
+        self.seq += len(r.data)
+        self.push_group(r.group, frame, skip=r.conn if (r.group, r.conn) in self.self_discard else None)
 
     def push_group(self, group: str, frame: dict[str, Any], skip: int | None = None) -> None:
         for conn_id in list(self.members.get(group, {})):
@@ -134,11 +147,11 @@ class Served:
 
 
 @asynccontextmanager
-async def serving(path: Path, run_groups: bool = True) -> AsyncIterator[Served]:
+async def serving(path: Path) -> AsyncIterator[Served]:
     """The real ControlServer on ``path`` with a FakeDriver, until the block ends."""
     server = ControlServer(path, LOG)
     await server.bind()
-    daemon = ApiDaemon(server.stats, run_groups)
+    daemon = ApiDaemon(server.stats)
     driver = FakeDriver(daemon)
     try:
         async with trio.open_nursery() as nursery:

@@ -14,6 +14,7 @@ import pytest
 import trio
 from fake_api import NODE, serving
 
+from ringd.core.requests import SendMessages
 from ringd.runtime import api_types, control
 from ringd.wire import FrameReader, pack_frame
 
@@ -68,15 +69,17 @@ async def test_join_send_events_and_reply_ids(short_tmp: Path) -> None:
         joined = await sub.call({"op": "group_join", "group": "chat", "id": 7})
         # The member id carries the client's pid, read from SO_PEERCRED (we are the client).
         assert joined == {"ok": True, "member": f"{NODE}:{os.getpid()}", "id": 7}
-        assert s.driver.requests[0].pid == os.getpid()
+        assert s.driver.requests[0].request.pid == os.getpid()
         assert await sub.next() == {"ev": "group", "group": "chat", "members": [f"{NODE}:{os.getpid()}"],
                                     "joined": [f"{NODE}:{os.getpid()}"], "left": [], "reason": "join"}
 
         # A single bytes value is wrapped; defaults are filled in before the driver sees it.
         assert await pub.call({"op": "send", "group": "chat", "data": b"one", "id": 1}) == \
             {"ok": True, "count": 1, "id": 1}
-        assert s.driver.requests[-1].request == {"op": "send", "group": "chat", "data": [b"one"],
-                                                 "safe": False, "wait": True}
+        last = s.driver.requests[-1]
+        assert last.op == "send" and last.request == SendMessages(
+            conn=last.conn, pid=os.getpid(), request_id=last.request.request_id, group="chat",
+            data=(b"one",), safe=False, wait=True)
         assert await pub.call({"op": "send", "group": "chat", "data": [b"two", b"three"], "safe": True}) == \
             {"ok": True, "count": 2}  # no id asked, none echoed
         first, second = await sub.next(), await sub.next()
@@ -132,13 +135,6 @@ async def test_a_full_send_of_one_mib_fits_in_a_frame(short_tmp: Path) -> None:
             {"ok": True, "count": 1024, "id": 1}
 
 
-async def test_daemon_without_ordered_delivery_refuses_group_ops(short_tmp: Path) -> None:
-    async with serving(short_tmp / "api.sock", run_groups=False) as s:
-        conn = await RawConn.open(s.path)
-        reply = await conn.call({"op": "group_join", "group": "g", "id": 1})
-        assert reply == {"ok": False, "error": "group_join: this daemon does not run ordered delivery", "id": 1}
-
-
 async def test_malformed_frame_gets_an_error_then_disconnect(short_tmp: Path) -> None:
     async with serving(short_tmp / "api.sock") as s:
         conn = await RawConn.open(s.path)
@@ -172,11 +168,11 @@ async def test_sends_are_pipelined_up_to_a_byte_bound_and_other_ops_wait_behind_
         await s.driver.wait_for(lambda: len(s.driver.held) == 2)
         # Another connection is served meanwhile.
         assert (await other.call({"op": "ring", "id": 9}))["id"] == 9
-        assert [r.request["data"] for r in s.driver.held] == [[b"aaaa"], [b"bbbb"]]
+        assert [list(r.request.data) for r in s.driver.held] == [[b"aaaa"], [b"bbbb"]]
         s.driver.deliver(s.driver.held.pop(0))
         assert await busy.next() == {"ok": True, "count": 1, "id": 1}
         await s.driver.wait_for(lambda: len(s.driver.held) == 2)
-        assert s.driver.held[1].request["data"] == [b"cccc"]
+        assert list(s.driver.held[1].request.data) == [b"cccc"]
         s.driver.deliver(s.driver.held.pop(0))
         assert await busy.next() == {"ok": True, "count": 1, "id": 2}
         # The ring request waits until every send before it is answered: never overtakes.
@@ -239,23 +235,25 @@ async def test_slow_subscriber_is_dropped_and_others_keep_receiving(
         await slow.expect_eof()
 
 
-def test_status_shows_totem_and_groups_of_the_ordering_driver() -> None:
-    from collections import Counter
-    from types import SimpleNamespace
+def test_status_shows_the_ring_and_groups_of_the_node_core() -> None:
+    from stand_in import StandInDaemon
 
-    from ringd.core.totem_state import State
-    from ringd.runtime.control import _ordered_delivery_status
-    from ringd.totem_messages import RingId
+    from ringd.core.requests import JoinGroup
+    from ringd.runtime.control import status_reply
 
-    totem = SimpleNamespace(state=State.OPERATIONAL, ring_id=RingId(seq=4, rep="a"), members=("a", "b"),
-                            flaps=SimpleNamespace(held=lambda now: {"c"}), stats={"tokens": Counter(x=1)})
-    groups = SimpleNamespace(members=lambda: {"g": ["a:1"]}, subscribers=lambda: 1, stats={"joins": 1})
+    daemon = StandInDaemon()
+    node = daemon.node
+    effects = node.handle(JoinGroup(conn=1, pid=42, request_id=7, group="g"), 0.0)
+    assert effects[-1].body == {"ok": True, "member": "node1:42"}  # type: ignore[union-attr]
 
     async def main() -> dict[str, Any]:
-        return _ordered_delivery_status(SimpleNamespace(ordering=SimpleNamespace(totem=totem, groups=groups)))
+        return status_reply(daemon)  # type: ignore[arg-type]
 
     out = trio.run(main)
-    assert out == {"totem": {"state": "operational", "ring": str(RingId(seq=4, rep="a")), "members": ["a", "b"],
-                             "held_out": ["c"], "stats": {"tokens": {"x": 1}}},
-                   "groups": {"groups": {"g": ["a:1"]}, "subscribers": 1, "stats": {"joins": 1}}}
-    assert _ordered_delivery_status(SimpleNamespace()) == {}  # a daemon without ordered delivery
+    assert out["name"] == "node1"
+    assert out["totem"]["state"] in ("gather", "commit") and out["totem"]["members"] == []
+    assert out["totem"]["driver"] == {"backpressure_holds": 0, "observer_dropped": 0,
+                                      "unknown_destination": 0}
+    assert out["totem"]["stats"]["app_sent"] == 1  # the join's payload went to Totem
+    # Not delivered yet (no ring): the group view is still empty, the local request is not.
+    assert out["groups"]["groups"] == {} and out["control"]["subscribers"] == 0

@@ -72,7 +72,7 @@ async def subscriber(s: Served, group: str) -> AsyncIterator[Subscriber]:
 
 async def test_send_and_subscribe(short_tmp: Path) -> None:
     async with serving(short_tmp / "api.sock") as s, subscriber(s, "chat") as sub:
-        member = s.driver.requests[0].pid
+        member = s.driver.requests[0].request.pid
         assert member == sub.proc.pid  # SO_PEERCRED names the subscribing process
         assert await sub.line() == {"type": "group", "group": "chat", "members": [f"{NODE}:{member}"],
                                     "joined": [f"{NODE}:{member}"], "left": [], "reason": "join"}
@@ -81,7 +81,7 @@ async def test_send_and_subscribe(short_tmp: Path) -> None:
         done = await ringd("send", "chat", "--safe", "--socket", str(s.path), stdin=b"a\n\n\xff\xfe\nlast")
         assert (done.returncode, done.stderr) == (0, b"")
         sends = [r.request for r in s.driver.requests if r.op == "send"]
-        assert [(r["data"], r["safe"]) for r in sends] == [
+        assert [(list(r.data), r.safe) for r in sends] == [
             (["hello wörld".encode()], False), ([b"a", b"", b"\xff\xfe", b"last"], True)]
         got = [await sub.line() for _ in range(5)]
         assert got[0] == {"type": "message", "group": "chat", "sender": NODE, "ring": RING, "seq": 0,
@@ -101,7 +101,7 @@ async def test_send_batches_stdin_lines(short_tmp: Path) -> None:
         lines = b"".join(b"line %d\n" % i for i in range(2000))
         done = await ringd("send", "bulk", "--socket", str(s.path), stdin=lines)
         assert (done.returncode, done.stderr) == (0, b"")
-        sends = [r.request["data"] for r in s.driver.requests if r.op == "send"]
+        sends = [list(r.request.data) for r in s.driver.requests if r.op == "send"]
         assert [len(d) for d in sends] == [512, 512, 512, 464]
         assert [x for d in sends for x in d] == [b"line %d" % i for i in range(2000)]
 

@@ -9,17 +9,17 @@ import socket
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
+from stand_in import StandInDaemon
 
 from ringd import client
 from ringd.client import ControlClient, DaemonNotRunning, RequestFailed
 from ringd.config import Config
 from ringd.messages import Address, MemberState
 from ringd.runtime import control
-from ringd.runtime.control import ControlServer, ControlSocketError, ControlStats
+from ringd.runtime.control import ControlServer, ControlSocketError
 
 LOG = logging.getLogger("test")
 
@@ -46,25 +46,17 @@ class FakeCore:
         return self.views
 
 
-class FakeDaemon:
+class FakeDaemon(StandInDaemon):
+    """A real node core whose gossip view is a fixed list (one member suspect)."""
+
     def __init__(self, path: Path) -> None:
-        self.cfg = Config(name="node1", socket=str(path), cluster_name="tc")
-        self.core = FakeCore(views=[
+        super().__init__(Config(name="node1", socket=str(path), cluster_name="tc"))
+        self.node.gossip = FakeCore(views=[  # type: ignore[assignment]
             FakeView("node2", MemberState.SUSPECT, 1, Address(host="127.0.0.1", port=2002), {"r": "x"}),
             FakeView("node1", MemberState.ALIVE, 3, Address(host="127.0.0.1", port=2001)),
         ])
         self.transport = type("T", (), {"local_address": Address(host="127.0.0.1", port=2001),
                                         "stats": {"datagrams_in": 1, "dropped": {"malformed": 2}}})()
-        self.uptime_s = 1.5
-        self.started_wall = 0.0
-        self.leaving = False
-        self.leave_requests: list[str] = []
-        self.control_stats = ControlStats()
-        _, self.inbox_recv = trio.open_memory_channel[Any](1)
-
-    async def request_leave(self, why: str) -> None:
-        self.leaving = True
-        self.leave_requests.append(why)
 
 
 async def _serving(path: Path, nursery: trio.Nursery) -> tuple[ControlServer, FakeDaemon]:

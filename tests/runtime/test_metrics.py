@@ -11,20 +11,18 @@ import subprocess
 import urllib.error
 import urllib.request
 from random import Random
-from types import SimpleNamespace
 
 import pytest
-import trio
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
+from stand_in import StandInDaemon
 
 from helpers import DaemonProcess, ProcessRegistry, all_see, wait_until
 from ringd.config import TotemConfig
 from ringd.core.events import Tick
 from ringd.core.histogram import Histogram
 from ringd.core.totem import TotemCore
-from ringd.runtime.control import ControlStats
 from ringd.runtime.metrics import (
     DROP_REASONS,
     GATHER_REASONS,
@@ -251,31 +249,16 @@ def render(collector: DaemonCollector) -> dict:  # type: ignore[type-arg]
     return {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
 
 
-def stand_in_daemon(**attrs: object) -> SimpleNamespace:
-    """What DaemonCollector reads of a daemon, without gossip or sockets."""
-    core = SimpleNamespace(members=lambda: [], stats=SimpleNamespace(msgs_sent={}, msgs_received={}),
-                           health_score=0, incarnation=0, broadcast_queue_len=0)
-    for field_name in ("probes_ack", "probes_indirect_ack", "probes_failed", "ping_reqs_sent",
-                       "suspicions_raised", "suspicions_learned", "suspicions_refuted",
-                       "members_confirmed_dead", "members_dead", "members_left", "members_reaped",
-                       "members_dropped", "nacks_sent", "nacks_received", "relays_dropped",
-                       "push_pulls_sent", "push_pulls_received", "gossip_rounds", "announces_sent",
-                       "name_conflicts_sent", "user_events_delivered", "broadcasts_dropped"):
-        setattr(core.stats, field_name, 0)
-    transport = SimpleNamespace(stats=SimpleNamespace(datagrams_in=0, datagrams_out=0, bytes_in=0, bytes_out=0,
-                                                      dropped={r: 0 for r in DROP_REASONS}))
-    send, recv = trio.open_memory_channel[object](1)
-    return SimpleNamespace(core=core, transport=transport, control_stats=ControlStats(), inbox_recv=recv,
-                           uptime_s=1.0, started_wall=1.0, view_changed_wall=1.0, **attrs)
-
-
-async def test_collector_without_the_ordering_side_exports_no_totem_metrics() -> None:
-    families = render(DaemonCollector(stand_in_daemon(), MetricsStats()))  # type: ignore[arg-type]
+async def test_collector_of_a_node_before_its_first_ring_exports_every_family() -> None:
+    families = render(DaemonCollector(StandInDaemon(), MetricsStats()))  # type: ignore[arg-type]
     check_naming_rules(families)
-    assert not [n for n in families if n.startswith(("ringd_totem_", "ringd_groups"))]
-    # ControlStats without the API fields yet: the API families are there, at 0.
+    states = {s.labels["state"]: s.value for s in families["ringd_totem_state"].samples}
+    assert sum(states.values()) == 1 and states["observer"] == 0 and states["operational"] == 0
+    assert value(families, "ringd_totem_ring_seq") == -1
+    assert value(families, "ringd_groups") == 0
     assert value(families, "ringd_control_connections_open") == 0
     assert value(families, "ringd_control_slow_subscribers_dropped_total") == 0
+    assert value(families, "ringd_totem_backpressure_holds_total") == 0
 
 
 async def test_collector_maps_a_real_totem_core_and_latency_histograms() -> None:
@@ -288,8 +271,10 @@ async def test_collector_maps_a_real_totem_core_and_latency_histograms() -> None
     agreed, safe = Histogram(), Histogram()
     for latency_s in (0.0002, 0.003, 0.003, 7.0):
         agreed.observe(latency_s)
-    families = render(DaemonCollector(stand_in_daemon(  # type: ignore[arg-type]
-        totem=totem, latency_agreed=agreed, latency_safe=safe, ring_changed_wall=123.0), MetricsStats()))
+    daemon = StandInDaemon()
+    daemon.node.totem, daemon.node.latency_agreed, daemon.node.latency_safe = totem, agreed, safe
+    daemon.ring_changed_wall = 123.0
+    families = render(DaemonCollector(daemon, MetricsStats()))  # type: ignore[arg-type]
     check_naming_rules(families)
     assert value(families, "ringd_totem_state", state="operational") == 1
     assert value(families, "ringd_totem_ring_members") == 1

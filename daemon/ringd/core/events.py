@@ -54,6 +54,17 @@ class SendUserEvent:
     payload: bytes
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientBacklog:
+    """What the runtime observed of one client connection's outgoing buffer: ``queued_bytes``
+    not yet taken by the kernel, and when it last took some (``drained_at``, the runtime's
+    clock). The node core decides from these whether local readers hold the ring up."""
+
+    conn: int
+    queued_bytes: int
+    drained_at: float
+
+
 Input = Received | Tick | Start | LeaveCluster | SetTags | SendUserEvent
 
 
@@ -116,6 +127,22 @@ class Log:
     level: str
     text: str
     fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reply:
+    """Answer client request ``request_id`` with ``body`` (``{"ok": True, ...}`` or an error)."""
+
+    request_id: int
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Persist:
+    """Durably store counter ``key`` (``"incarnation"``, ``"ring_seq"``) before going on."""
+
+    key: str
+    value: int
 
 
 Effect = Send | Multicast | MemberChanged | UserEventDelivered | LeaveDone | Fatal | Log

@@ -74,9 +74,10 @@ class _LocalMember:
     wanted: bool
 
 
-def _check_group(group: object) -> str:
+def check_group(group: object) -> str:
+    """``group`` if it is a valid group name (the one rule, for the API and the ring)."""
     if type(group) is not str or not group:
-        raise GroupOpError("group name must be a non-empty string")
+        raise GroupOpError("'group' must be a non-empty string")
     try:
         size = len(group.encode("utf-8"))
     except UnicodeEncodeError:
@@ -88,7 +89,7 @@ def _check_group(group: object) -> str:
 
 def _group_ok(group: str) -> bool:
     try:
-        _check_group(group)
+        check_group(group)
     except GroupOpError:
         return False
     return True
@@ -136,7 +137,7 @@ class GroupsCore:
 
     def join(self, conn: int, pid: int, group: str, *, self_discard: bool = False) -> bytes:
         """Ask to add process ``pid`` (on connection ``conn``) to ``group``: payload to publish."""
-        _check_group(group)
+        check_group(group)
         member = f"{self.node}:{pid}"
         by_member = self._local.setdefault(group, {})
         entry = by_member.get(member)
@@ -178,7 +179,7 @@ class GroupsCore:
         The sender need not be a member. ``conn`` is not needed to build the payload; it is
         part of the signature so that every local request names its connection.
         """
-        _check_group(group)
+        check_group(group)
         batch = tuple(items)
         if not batch:
             raise GroupOpError("nothing to send")

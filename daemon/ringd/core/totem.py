@@ -75,7 +75,21 @@ HOLD_TOKEN_TIMEOUT_FRACTION = 0.4  # a held token is released well before others
 # What others send by multicast: receiving any of these shows we are not deaf to it.
 _MULTICAST_TYPES = frozenset({Mcast, Recovered, Join, MergeDetect})
 
-__all__ = ["Reason", "State", "TotemCore"]
+__all__ = ["TOTEM_MESSAGE_TYPES", "Reason", "State", "TotemCore"]
+
+# The one registry of Totem datagrams: message type -> TotemCore handler. The node core
+# routes by it (TOTEM_MESSAGE_TYPES); a new Totem message needs its wire class and a line here.
+HANDLERS: dict[type, str] = {
+    Token: "_on_token",
+    Mcast: "_on_mcast",
+    Recovered: "_on_recovered",
+    Join: "_on_join",
+    CommitToken: "_on_commit_token",
+    MergeDetect: "_on_merge_detect",
+    TokenHoldCancel: "_on_hold_cancel",
+    TokenAck: "_on_token_ack",
+}
+TOTEM_MESSAGE_TYPES: frozenset[type] = frozenset(HANDLERS)
 
 
 class _AppSource(SendSource):
@@ -153,15 +167,7 @@ class TotemCore(ReceiveMixin, GatherCommitMixin):
         self._deaf = False
         self._hold_s = min(config.merge_s, HOLD_TOKEN_TIMEOUT_FRACTION * config.token_timeout_s)
         self._dispatch: dict[type, Callable[[Any, str, list], None]] = {
-            Token: self._on_token,
-            Mcast: self._on_mcast,
-            Recovered: self._on_recovered,
-            Join: self._on_join,
-            CommitToken: self._on_commit_token,
-            MergeDetect: self._on_merge_detect,
-            TokenHoldCancel: self._on_hold_cancel,
-            TokenAck: self._on_token_ack,
-        }
+            tp: getattr(self, method) for tp, method in HANDLERS.items()}
         self._emit = self._make_emit()
         out: list = []
         self._enter_gather(Reason.START, out, proc={name}, fail=set())

@@ -1,9 +1,10 @@
 """What the control server and the daemon's driver loop exchange about client API connections.
 
-The server turns group requests of a connection into :class:`ApiRequest` items on the
-daemon's inbox and answers nothing itself; the driver calls ``reply()`` exactly once per
-request (maybe much later, e.g. after safe delivery) and ``ApiConnection.push()`` for
-events. Both are plain synchronous calls: the driver never blocks on a client.
+The server turns client requests of a connection into :class:`ApiRequest` items (a typed
+request of :mod:`ringd.core.requests` and its reply callback) on the daemon's inbox, and a
+closed connection into :class:`~ringd.core.requests.ClientGone`; it answers nothing itself.
+The driver calls ``reply()`` exactly once per request (maybe much later, e.g. after safe
+delivery) and ``ApiConnection.push()`` for events. Both are plain synchronous calls: the driver never blocks on a client.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, Protocol
 
 import trio
 
+from ringd.core.requests import OP_OF, Request
 from ringd.runtime.logs import LOGGER_NAME
 from ringd.wire import pack_frame
 
@@ -33,27 +35,22 @@ WRITE_BATCH_BYTES = 256 << 10
 
 @dataclass(slots=True)
 class ApiRequest:
-    """One validated group request of connection ``conn`` (client process ``pid``).
+    """One validated client request on its way to the driver: the typed ``request`` for the
+    node core, and ``reply``, which takes the reply map (``{"ok": True, ...}`` or
+    ``{"ok": False, "error": ...}``; the server adds the request's ``id``). The driver calls
+    ``reply`` exactly once, when the core answers ``request.request_id``."""
 
-    ``op`` is one of ``group_join``, ``group_leave``, ``send``, ``group_members``, ``ring``.
-    ``request`` is the request map, normalised: ``data`` of a send is always a list of bytes.
-    ``reply`` takes the reply map (``{"ok": True, ...}`` or ``{"ok": False, "error": ...}``);
-    the server adds the request's ``id``. Call it exactly once.
-    """
-
-    conn: int
-    pid: int
-    op: str
-    request: dict[str, Any]
+    request: Request
     reply: Callable[[dict[str, Any]], None]
 
+    @property
+    def op(self) -> str:
+        """The client API op this request came as (``send``, ``group_join``, ...)."""
+        return OP_OF[type(self.request)]
 
-@dataclass(slots=True)
-class ApiDisconnect:
-    """Connection ``conn`` ended (it is no longer in ``daemon.api_connections``): drop its
-    group memberships. Only sent for connections that made at least one ApiRequest."""
-
-    conn: int
+    @property
+    def conn(self) -> int:
+        return self.request.conn
 
 
 class ApiConnection:
@@ -66,8 +63,12 @@ class ApiConnection:
     """
 
     def __init__(self, conn: int, pid: int, on_overflow: Callable[[ApiConnection], None],
-                 capacity: int | None = None, sink: FrameSink | None = None) -> None:
+                 capacity: int | None = None, sink: FrameSink | None = None,
+                 on_backlog: Callable[[ApiConnection], None] | None = None) -> None:
         self.conn = conn
+        # Told whenever queued_bytes or drained_at change (the node core decides whether
+        # this client's backlog holds the ring up).
+        self._on_backlog = on_backlog
         self.pid = pid
         self._on_overflow = on_overflow
         self._capacity = API_OUTGOING_FRAMES_MAX if capacity is None else capacity
@@ -124,6 +125,8 @@ class ApiConnection:
         self._frames.append((frame, size))
         self.queued_bytes += size
         self._backlog_event.set()
+        if self._on_backlog is not None:
+            self._on_backlog(self)
         return True
 
     async def write_backlog(self, sink: FrameSink) -> None:
@@ -145,6 +148,8 @@ class ApiConnection:
             sent = sink.send_nowait(self._unsent)
             if sent:
                 self.drained_at = trio.current_time()
+                if self._on_backlog is not None:
+                    self._on_backlog(self)
             self._unsent = self._unsent[sent:]
             if self._unsent:
                 await sink.wait_writable()

@@ -5,11 +5,12 @@ Request ``{"op": str, "id"?: int, ...}``; reply ``{"ok": True, ...}`` or
 ``"ev"`` and no ``"ok"``.
 
 Control ops (``status``, ``members``, ``leave``, ``tags``, ``event``, ``events``) are
-answered here: handlers read core state directly (one Trio thread, no await between
-reads); anything that changes the daemon goes through the inbox as an event, so the driver
-loop stays the only caller of ``core.handle``. Client API ops (``group_join``,
-``group_leave``, ``send``, ``group_members``, ``ring``) are validated here and handed to the
-driver as :class:`~ringd.runtime.api_types.ApiRequest`. Sends are pipelined: a connection
+answered here: handlers read the daemon through :class:`DaemonView` (one Trio thread, no
+await between reads); anything that changes the daemon goes through the inbox as an event,
+so the driver loop stays the only caller of the node core's ``handle``. Client API ops
+(``group_join``, ``group_leave``, ``send``, ``group_members``, ``ring``) are parsed here,
+once, into the typed requests of :mod:`ringd.core.requests` and handed to the driver as
+:class:`~ringd.runtime.api_types.ApiRequest`. Sends are pipelined: a connection
 may have several unanswered sends (up to :data:`PIPELINED_SEND_BYTES_MAX` of data), so a
 client waiting for safe delivery does not stop its next message from entering the ring;
 any other API op waits until the connection's sends are answered, so it never overtakes
@@ -36,28 +37,34 @@ import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
 import ringd
-from ringd.core.events import Input, SendUserEvent, SetTags
-from ringd.runtime.api_types import ApiConnection, ApiDisconnect, ApiRequest
+from ringd.core.events import SendUserEvent, SetTags
+from ringd.core.requests import (
+    API_OPS,
+    API_SEND_BYTES_MAX,
+    BadRequest,
+    ClientGone,
+    SendMessages,
+    parse_request,
+)
+from ringd.runtime.api_types import ApiConnection, ApiRequest
 from ringd.runtime.stream import SocketConnection, accept
 from ringd.wire import FrameReader, WireError, pack_frame
 
 if TYPE_CHECKING:
-    from ringd.runtime.node import Daemon
+    from ringd.config import Config
+    from ringd.core.node import NodeCore
+    from ringd.messages import Address
 
 # Concurrent control connections; more are answered with an error and closed.
 CONTROL_CONNECTIONS_MAX = 256
-# Application data in one send request (all items together).
-API_SEND_BYTES_MAX = 1 << 20
 # Largest request frame: a full send plus its map and per-item overhead. Control ops are
 # bounded by their own checks (tags, events), so a bigger length prefix is an error.
 CONTROL_FRAME_BYTES_MAX = 2 * API_SEND_BYTES_MAX + (64 << 10)
-# A group name is an identifier, not data.
-GROUP_NAME_BYTES_MAX = 255
 # After the client's side ended (or a malformed frame), queued frames get this long to go out.
 CLOSE_FLUSH_TIMEOUT_S = 2.0
 # Data of a connection's unanswered send requests beyond which we stop reading its next
@@ -68,8 +75,6 @@ PIPELINED_SEND_BYTES_MAX = 256 << 10
 CONTROL_READ_BYTES_MAX = 65536
 # A user event rides in gossip piggyback space, so it must stay small (Serf: 512 B).
 USER_EVENT_BYTES_MAX = 512
-# Ops handed to the driver as ApiRequest (ordered delivery, groups).
-API_OPS = ("group_join", "group_leave", "send", "group_members", "ring")
 KNOWN_OPS = ("status", "members", "leave", "tags", "event", "events", *API_OPS)
 # struct ucred {pid_t pid; uid_t uid; gid_t gid;} of SO_PEERCRED (Linux).
 _UCRED = struct.Struct("iII")
@@ -88,10 +93,55 @@ class ControlStats:
     connections_total: int = 0
     connections_rejected: int = 0
     connections_open: int = 0
-    subscribers: int = 0  # connections that are members of >= 1 group (set by the driver)
     slow_dropped: int = 0  # connections closed because their outgoing buffer filled up
     requests: collections.Counter[str] = field(default_factory=collections.Counter)
     errors: collections.Counter[str] = field(default_factory=collections.Counter)
+
+
+class Inbox(Protocol):
+    """The driver's inbox: puts wake the driver."""
+
+    async def send(self, event: Any) -> None: ...
+
+    def send_nowait(self, event: Any) -> None: ...
+
+
+class TransportView(Protocol):
+    @property
+    def stats(self) -> Any: ...
+
+    @property
+    def local_address(self) -> Address: ...
+
+
+class DaemonView(Protocol):
+    """What the control server and the metrics read of a running daemon (the real
+    :class:`ringd.runtime.node.Daemon`, or a test's stand-in with the same attributes)."""
+
+    cfg: Config
+    node: NodeCore
+    transport: TransportView
+    control_stats: ControlStats
+    inbox_send: Inbox
+    api_connections: dict[int, ApiConnection]
+    own_address: Address
+    metrics_url: str | None
+    leaving: bool
+    started_wall: float
+    view_changed_wall: float
+    ring_changed_wall: float
+    recent_events: collections.deque[dict[str, object]]
+
+    @property
+    def uptime_s(self) -> float: ...
+
+    def inbox_len(self) -> int: ...
+
+    def ring_info(self) -> dict[str, object]: ...
+
+    def backlog_changed(self, conn: ApiConnection) -> None: ...
+
+    async def request_leave(self, why: str) -> None: ...
 
 
 def plain(obj: Any) -> Any:
@@ -107,19 +157,22 @@ def plain(obj: Any) -> Any:
     return obj
 
 
-def status_reply(daemon: Daemon) -> dict[str, Any]:
-    core, cfg, net = daemon.core, daemon.cfg, daemon.cfg.net
-    views = core.members()
+def status_reply(daemon: DaemonView) -> dict[str, Any]:
+    node, cfg, net = daemon.node, daemon.cfg, daemon.cfg.net
+    gossip = node.gossip
+    views = gossip.members()
     alive = sum(1 for v in views if v.state.name == "ALIVE")
+    groups = node.groups
+    subscribers = groups.subscribers()
     return {
-        "name": core.name,
+        "name": node.name,
         "cluster": cfg.cluster_name,
         "address": _own_address(daemon),
         "bind": str(daemon.transport.local_address),
-        "incarnation": core.incarnation,
+        "incarnation": gossip.incarnation,
         "members_alive": alive,
         "members_total": len(views),
-        "health_score": core.health_score,
+        "health_score": gossip.health_score,
         "leaving": daemon.leaving,
         "uptime_s": round(daemon.uptime_s, 3),
         "started_at": daemon.started_wall,
@@ -127,52 +180,25 @@ def status_reply(daemon: Daemon) -> dict[str, Any]:
         "version": ringd.__version__,
         "socket": str(cfg.socket_path),
         "multicast": f"{net.multicast_group}:{net.multicast_port}" if net.multicast_enabled else None,
-        "metrics": getattr(daemon, "metrics_url", None),  # absent on stand-in daemons in tests
-        "inbox_len": daemon.inbox_recv.statistics().current_buffer_used,
-        "broadcast_queue_len": core.broadcast_queue_len,
+        "metrics": daemon.metrics_url,
+        "inbox_len": daemon.inbox_len(),
+        "broadcast_queue_len": gossip.broadcast_queue_len,
         "transport": plain(daemon.transport.stats),
-        "gossip": plain(core.stats),
-        "control": plain(daemon.control_stats),
-        **_ordered_delivery_status(daemon),
+        "gossip": plain(gossip.stats),
+        "control": {**plain(daemon.control_stats), "subscribers": subscribers},
+        "totem": {**daemon.ring_info(), "stats": plain(node.totem.stats), "driver": plain(node.stats)},
+        "groups": {"groups": groups.members(), "subscribers": subscribers, "stats": plain(groups.stats)},
     }
 
 
-def _ordered_delivery_status(daemon: Daemon) -> dict[str, Any]:
-    """The "totem" and "groups" parts of status, when the daemon runs them."""
-    out: dict[str, Any] = {}
-    # daemon.totem / daemon.groups, or the same on the daemon's ordered-delivery driver.
-    where = daemon if hasattr(daemon, "totem") else getattr(daemon, "ordering", None)
-    totem = getattr(where, "totem", None)
-    if totem is not None:
-        ring_info = getattr(daemon, "ring_info", None)
-        if ring_info is not None:  # the real daemon: knows whether it is only an observer
-            out["totem"] = {**ring_info(), "stats": plain(totem.stats), "driver": daemon.ordering.driver_stats()}
-        else:
-            out["totem"] = {
-                "state": plain(totem.state),
-                "ring": str(totem.ring_id),
-                "members": list(totem.members),
-                "held_out": sorted(totem.flaps.held(trio.current_time())),
-                "stats": plain(totem.stats),
-            }
-    groups = getattr(where, "groups", None)
-    if groups is not None:
-        out["groups"] = {
-            "groups": groups.members(),
-            "subscribers": groups.subscribers(),
-            "stats": plain(groups.stats),
-        }
-    return out
-
-
-def _own_address(daemon: Daemon) -> str:
-    for view in daemon.core.members():
-        if view.name == daemon.core.name:
+def _own_address(daemon: DaemonView) -> str:
+    for view in daemon.node.gossip.members():
+        if view.name == daemon.node.name:
             return str(view.address)
     return str(daemon.own_address)
 
 
-def members_reply(daemon: Daemon) -> dict[str, Any]:
+def members_reply(daemon: DaemonView) -> dict[str, Any]:
     return {
         "ok": True,
         "members": [
@@ -183,7 +209,7 @@ def members_reply(daemon: Daemon) -> dict[str, Any]:
                 "address": str(v.address),
                 "tags": dict(v.tags),
             }
-            for v in sorted(daemon.core.members(), key=lambda v: v.name)
+            for v in sorted(daemon.node.gossip.members(), key=lambda v: v.name)
         ],
     }
 
@@ -200,6 +226,7 @@ class ControlServer:
         self._inode: int | None = None
         self._limiter = trio.CapacityLimiter(CONTROL_CONNECTIONS_MAX)
         self._conn_ids = itertools.count(1)
+        self._request_ids = itertools.count(1)
 
     async def bind(self) -> None:
         """Create the parent directory (0700) and the listening socket (0660: the owner's
@@ -248,7 +275,7 @@ class ControlServer:
         await stream.aclose()
         raise ControlSocketError(f"control socket {path} is in use by a running daemon (use --socket)")
 
-    async def serve(self, daemon: Daemon, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(self, daemon: DaemonView, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         assert self._sock is not None, "bind() first"
         listener = self._sock
         async with trio.open_nursery() as nursery:
@@ -275,7 +302,7 @@ class ControlServer:
                 pass
             self._inode = None
 
-    async def _handle_connection(self, daemon: Daemon, stream: SocketConnection) -> None:
+    async def _handle_connection(self, daemon: DaemonView, stream: SocketConnection) -> None:
         self.stats.connections_total += 1
         async with stream:
             try:
@@ -289,7 +316,7 @@ class ControlServer:
             finally:
                 self._limiter.release()
 
-    async def _serve_connection(self, daemon: Daemon, stream: SocketConnection) -> None:
+    async def _serve_connection(self, daemon: DaemonView, stream: SocketConnection) -> None:
         scope = trio.CancelScope()
 
         def overflow(conn: ApiConnection) -> None:
@@ -299,11 +326,10 @@ class ControlServer:
                              conn.queued_bytes / (1 << 20))
             scope.cancel()
 
-        conn = ApiConnection(next(self._conn_ids), _peer_pid(stream), overflow, sink=stream)
-        # Stand-in daemons of older tests have no registry; the real one always does.
-        registry: dict[int, ApiConnection] | None = getattr(daemon, "api_connections", None)
-        if registry is not None:
-            registry[conn.conn] = conn
+        conn = ApiConnection(next(self._conn_ids), _peer_pid(stream), overflow, sink=stream,
+                             on_backlog=daemon.backlog_changed)
+        registry = daemon.api_connections
+        registry[conn.conn] = conn
         self.stats.connections_open += 1
         try:
             with scope:
@@ -320,14 +346,13 @@ class ControlServer:
         finally:
             conn.close()
             self.stats.connections_open -= 1
-            if registry is not None:
-                registry.pop(conn.conn, None)
+            registry.pop(conn.conn, None)
             if conn.made_requests:  # only then can the driver hold state for it
                 # Not shielded: only a daemon shutdown cancels us here, and then the
                 # memberships go away with the daemon anyway.
                 await _put_disconnect(daemon, conn)
 
-    async def _serve_requests(self, daemon: Daemon, conn: ApiConnection, stream: SocketConnection) -> None:
+    async def _serve_requests(self, daemon: DaemonView, conn: ApiConnection, stream: SocketConnection) -> None:
         reader = FrameReader(CONTROL_FRAME_BYTES_MAX)
         in_flight = _InFlight()
         while True:
@@ -343,7 +368,7 @@ class ControlServer:
             for request in requests:
                 await self._handle_request(daemon, conn, request, in_flight)
 
-    async def _handle_request(self, daemon: Daemon, conn: ApiConnection, request: Any,
+    async def _handle_request(self, daemon: DaemonView, conn: ApiConnection, request: Any,
                               in_flight: _InFlight) -> None:
         """Answer one request. A send returns once the driver has it (its reply comes
         later, in the order the driver answers); any other API request waits here until
@@ -368,19 +393,16 @@ class ControlServer:
                 await after()
             return
         assert isinstance(request, dict) and isinstance(op, str)
-        if getattr(daemon, "api_connections", None) is None:  # no driver for API requests
-            self.stats.errors["unsupported"] += 1
-            answer({"ok": False, "error": f"{op}: this daemon does not run ordered delivery"})
-            return
         try:
-            normalised = validate_api_request(op, request)
+            parsed = parse_request(op, request, conn=conn.conn, pid=conn.pid,
+                                   request_id=next(self._request_ids))
         except BadRequest as exc:
             self.stats.errors["bad_request"] += 1
             answer({"ok": False, "error": str(exc)})
             return
         self.stats.requests[op] += 1
-        size = sum(len(item) for item in normalised["data"]) if op == "send" else 0
-        if op == "send":
+        size = parsed.size if type(parsed) is SendMessages else 0
+        if type(parsed) is SendMessages:
             await in_flight.wait_for_room(size)
         else:
             await in_flight.wait_until_empty()  # never overtake an unanswered send
@@ -397,13 +419,12 @@ class ControlServer:
             answer(frame)
 
         conn.made_requests = True
-        await daemon.inbox_send.send(ApiRequest(conn=conn.conn, pid=conn.pid, op=op,
-                                                request=normalised, reply=reply))
-        if op != "send":
+        await daemon.inbox_send.send(ApiRequest(request=parsed, reply=reply))
+        if type(parsed) is not SendMessages:
             await in_flight.wait_until_empty()
 
     def _dispatch(
-        self, daemon: Daemon, request: Any
+        self, daemon: DaemonView, request: Any
     ) -> tuple[dict[str, Any], Callable[[], Awaitable[None]] | None]:
         """Answer one request. The second item runs after the reply has been sent."""
         if not isinstance(request, dict) or not isinstance(request.get("op"), str):
@@ -422,7 +443,7 @@ class ControlServer:
             async def leave() -> None:
                 await daemon.request_leave("control socket request")
 
-            return {"ok": True, "name": daemon.core.name}, leave
+            return {"ok": True, "name": daemon.node.name}, leave
         if op == "tags":
             return self._tags(daemon, request)
         if op == "event":
@@ -433,7 +454,7 @@ class ControlServer:
         self.stats.errors["unknown_op"] += 1
         return {"ok": False, "error": f"unknown op {op!r} (known: {', '.join(KNOWN_OPS)})"}, None
 
-    def _tags(self, daemon: Daemon, request: dict[str, Any]) -> tuple[dict[str, Any], None]:
+    def _tags(self, daemon: DaemonView, request: dict[str, Any]) -> tuple[dict[str, Any], None]:
         """Replace our tags; disseminated by gossip with a higher incarnation."""
         tags = request.get("tags")
         if not isinstance(tags, dict) or not all(
@@ -448,7 +469,7 @@ class ControlServer:
                     f"({daemon.cfg.gossip.tags_bytes_max})"}, None
         return self._enqueue(daemon, "tags", SetTags(tags=dict(tags)))
 
-    def _event(self, daemon: Daemon, request: dict[str, Any]) -> tuple[dict[str, Any], None]:
+    def _event(self, daemon: DaemonView, request: dict[str, Any]) -> tuple[dict[str, Any], None]:
         """Disseminate a small user event by gossip (best effort, unordered)."""
         name, payload = request.get("name"), request.get("payload", b"")
         if not isinstance(name, str) or not name or not isinstance(payload, bytes):
@@ -459,7 +480,7 @@ class ControlServer:
             return {"ok": False, "error": f"event: name + payload exceed {USER_EVENT_BYTES_MAX} bytes"}, None
         return self._enqueue(daemon, "event", SendUserEvent(name=name, payload=payload))
 
-    def _enqueue(self, daemon: Daemon, op: str, event: Input) -> tuple[dict[str, Any], None]:
+    def _enqueue(self, daemon: DaemonView, op: str, event: SetTags | SendUserEvent) -> tuple[dict[str, Any], None]:
         # Mutations go through the inbox so the driver stays the only caller of core.handle.
         try:
             daemon.inbox_send.send_nowait(event)
@@ -501,9 +522,9 @@ async def _send(stream: SocketConnection, obj: Any) -> None:
     await stream.send_all(pack_frame(obj))
 
 
-async def _put_disconnect(daemon: Daemon, conn: ApiConnection) -> None:
+async def _put_disconnect(daemon: DaemonView, conn: ApiConnection) -> None:
     try:
-        await daemon.inbox_send.send(ApiDisconnect(conn=conn.conn))
+        await daemon.inbox_send.send(ClientGone(conn=conn.conn))
     except (trio.ClosedResourceError, trio.BrokenResourceError):
         pass  # the daemon is shutting down
 
@@ -519,54 +540,3 @@ def _peer_pid(stream: SocketConnection) -> int:
         return 0
     pid, _uid, _gid = _UCRED.unpack(creds)
     return int(pid)
-
-
-class BadRequest(Exception):
-    """A client API request that cannot be accepted; ``str()`` is one line."""
-
-
-def _group_name(request: dict[str, Any], op: str, *, optional: bool = False) -> str | None:
-    group = request.get("group")
-    if group is None and optional:
-        return None
-    if not isinstance(group, str) or not group:
-        raise BadRequest(f"{op}: 'group' must be a non-empty string")
-    if len(group.encode()) > GROUP_NAME_BYTES_MAX:
-        raise BadRequest(f"{op}: group name longer than {GROUP_NAME_BYTES_MAX} bytes")
-    return group
-
-
-def _flag(request: dict[str, Any], op: str, key: str) -> bool:
-    value = request.get(key, False)
-    if type(value) is not bool:
-        raise BadRequest(f"{op}: {key!r} must be a bool")
-    return value
-
-
-def validate_api_request(op: str, request: dict[str, Any]) -> dict[str, Any]:
-    """The request of a client API op, checked and normalised (defaults filled in, a single
-    ``data`` bytes value wrapped in a list); :class:`BadRequest` otherwise."""
-    if op == "group_join":
-        return {"op": op, "group": _group_name(request, op),
-                "self_discard": _flag(request, op, "self_discard")}
-    if op == "group_leave":
-        return {"op": op, "group": _group_name(request, op)}
-    if op == "send":
-        group = _group_name(request, op)
-        data = request.get("data")
-        if type(data) is bytes:
-            data = [data]
-        if type(data) is not list or not all(type(item) is bytes for item in data):
-            raise BadRequest("send: 'data' must be bytes or a list of bytes")
-        if not data:
-            raise BadRequest("send: 'data' holds no message")
-        size = sum(map(len, data))
-        if size > API_SEND_BYTES_MAX:
-            raise BadRequest(f"send: {size} bytes of data exceed {API_SEND_BYTES_MAX} per request")
-        return {"op": op, "group": group, "data": data, "safe": _flag(request, op, "safe"),
-                "wait": _flag(request, op, "wait") if "wait" in request else True}
-    if op == "group_members":
-        return {"op": op, "group": _group_name(request, op, optional=True)}
-    if op == "ring":
-        return {"op": op}
-    raise BadRequest(f"unknown op {op!r}")

@@ -1,10 +1,9 @@
 """Prometheus ``/metrics`` for one daemon: a scrape-time Collector and a tiny Trio HTTP server.
 
 Metrics observe; cores only count (STYLE rule 10). :class:`DaemonCollector` reads the plain
-stats of the gossip core, the Totem core, the process groups, the UDP transport and the
-control server only when Prometheus scrapes, so nothing is added to the packet path. The
-ordering side (``daemon.totem`` and friends) is read through ``getattr`` guards, so a daemon
-without it (or a stand-in in tests) simply exports no ``ringd_totem_*``/``ringd_groups_*``. It lives on a private
+stats of the node core (gossip, Totem, process groups), the UDP transport and the control
+server through :class:`~ringd.runtime.control.DaemonView` only when Prometheus scrapes, so
+nothing is added to the packet path. It lives on a private
 :class:`~prometheus_client.CollectorRegistry` (never the global one), so several daemons in
 one process (tests) do not collide.
 
@@ -23,7 +22,7 @@ import logging
 import platform
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -46,7 +45,7 @@ from ringd.runtime.control import KNOWN_OPS
 from ringd.wire import DropReason
 
 if TYPE_CHECKING:
-    from ringd.runtime.node import Daemon
+    from ringd.runtime.control import DaemonView
 
 # Every drop reason of the transport, so each series exists from the first scrape on
 # (a rate() over a series that appears late misses its first increments).
@@ -146,7 +145,7 @@ class DaemonCollector(Collector):
     await, so it reads a consistent snapshot of the core between two ``handle`` calls.
     """
 
-    def __init__(self, daemon: Daemon, http_stats: MetricsStats) -> None:
+    def __init__(self, daemon: DaemonView, http_stats: MetricsStats) -> None:
         self._daemon = daemon
         self._http_stats = http_stats
 
@@ -166,13 +165,13 @@ class DaemonCollector(Collector):
         yield _gauge("ringd_uptime_seconds", "Seconds since this daemon started.", daemon.uptime_s)
         yield _gauge("ringd_start_time_seconds", "Unix time this daemon started.", daemon.started_wall)
         yield _gauge("ringd_inbox_messages", "Events waiting in the daemon's inbox.",
-                     daemon.inbox_recv.statistics().current_buffer_used)
+                     daemon.inbox_len())
         yield _labelled_counter("ringd_metrics_requests", "Requests to this /metrics server, by outcome.",
                                 "outcome", ((o, self._http_stats.requests[o]) for o in HTTP_OUTCOMES))
 
     def _gossip_metrics(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         daemon = self._daemon
-        core = daemon.core
+        core = daemon.node.gossip
         stats = core.stats
         views = core.members()
         by_state = collections.Counter(v.state for v in views)
@@ -228,14 +227,13 @@ class DaemonCollector(Collector):
 
     def _totem_metrics(self) -> Iterator[Metric]:
         daemon = self._daemon
-        totem = getattr(daemon, "totem", None)
-        if totem is None:
-            return  # no ordering side (yet): nothing to report rather than zeros
+        node = daemon.node
+        totem = node.totem
         stats = totem.stats
         state = GaugeMetricFamily("ringd_totem_state", "1 for the Totem state this node is in, else 0.",
                                   labels=["state"])
         # A gossip-only observer (beyond totem.ring_size_max) is in none of the Totem states.
-        observer = not getattr(getattr(daemon, "ordering", None), "active", True)
+        observer = not node.active
         for s in State:
             state.add_metric([s.name.lower()], 1.0 if totem.state is s and not observer else 0.0)
         state.add_metric(["observer"], 1.0 if observer else 0.0)
@@ -267,10 +265,8 @@ class DaemonCollector(Collector):
         yield _gauge("ringd_totem_ring_fingerprint",
                      "52-bit hash of the ring id and its sorted members; equal on nodes of one ring.",
                      ring_fingerprint(ring_id.seq, ring_id.rep, members))
-        changed = getattr(daemon, "ring_changed_wall", None)
-        if changed is not None:
-            yield _gauge("ringd_totem_ring_last_change_timestamp_seconds",
-                         "Unix time this node last installed a regular configuration.", changed)
+        yield _gauge("ringd_totem_ring_last_change_timestamp_seconds",
+                     "Unix time this node last installed a regular configuration.", daemon.ring_changed_wall)
         yield _gauge("ringd_totem_flapping_members", "Members held out of the ring because they flap.",
                      len(totem.flaps.held(_now())))
         yield _gauge("ringd_totem_backlog_messages", "Application messages waiting in the send queue.",
@@ -307,19 +303,17 @@ class DaemonCollector(Collector):
         yield _counter("ringd_totem_throttled_visits",
                        "Token visits that claimed the whole send window because local subscribers "
                        "fell behind (and kept reading).", stats.throttled_visits)
-        ordering = getattr(daemon, "ordering", None)
-        if ordering is not None:
-            driver = ordering.driver_stats()
-            yield _counter("ringd_totem_backpressure_holds",
-                           "Token visits this node held back (a bounded wait) because a local "
-                           "subscriber had more than 4 MiB waiting.", driver["backpressure_holds"])
-            yield _counter("ringd_totem_observer_datagrams_dropped",
-                           "Totem datagrams ignored: from a gossip-only observer (beyond "
-                           "totem.ring_size_max), or received while this node is one.",
-                           driver["observer_dropped"])
-            yield _counter("ringd_totem_unicasts_unaddressed",
-                           "Totem unicasts (tokens, commit tokens) dropped because the "
-                           "destination's address was not known yet.", driver["unknown_destination"])
+        driver = node.stats
+        yield _counter("ringd_totem_backpressure_holds",
+                       "Token visits this node held back (a bounded wait) because a local "
+                       "subscriber had more than 4 MiB waiting.", driver.backpressure_holds)
+        yield _counter("ringd_totem_observer_datagrams_dropped",
+                       "Totem datagrams ignored: from a gossip-only observer (beyond "
+                       "totem.ring_size_max), or received while this node is one.",
+                       driver.observer_dropped)
+        yield _counter("ringd_totem_unicasts_unaddressed",
+                       "Totem unicasts (tokens, commit tokens) dropped because the "
+                       "destination's address was not known yet.", driver.unknown_destination)
         for direction, suffix in (("sent", "tx"), ("received", "rx")):
             yield _labelled_counter(
                 f"ringd_totem_membership_messages_{direction}", f"Totem membership messages {direction}, by type.",
@@ -332,35 +326,29 @@ class DaemonCollector(Collector):
                                 ((k.value, stats.configurations.get(k.value, 0)) for k in ConfigKind))
         latency = HistogramMetricFamily("ringd_totem_delivery_latency_seconds",
                                         "Own messages: publish to local delivery, by order.", labels=["order"])
-        found = False
         for order in DELIVERY_ORDERS:
-            histogram = getattr(daemon, f"latency_{order}", None)
-            if histogram is not None:
-                found = True
-                latency.add_metric([order], _buckets(histogram), histogram.sum)
-        if found:
-            yield latency
+            histogram = node.latency_agreed if order == "agreed" else node.latency_safe
+            latency.add_metric([order], _buckets(histogram), histogram.sum)
+        yield latency
 
     def _groups_metrics(self) -> Iterator[Metric]:
-        groups = getattr(self._daemon, "groups", None)
-        if groups is None:
-            return
+        groups = self._daemon.node.groups
         stats = groups.stats
         view = groups.members()
         yield _gauge("ringd_groups", "Process groups with at least one member.", len(view))
         yield _gauge("ringd_groups_members", "Group memberships (a member of two groups counts twice).",
                      sum(len(m) for m in view.values()))
-        yield _counter("ringd_groups_joins", "Group joins delivered.", getattr(stats, "joins", 0))
-        yield _counter("ringd_groups_leaves", "Group leaves delivered.", getattr(stats, "leaves", 0))
+        yield _counter("ringd_groups_joins", "Group joins delivered.", stats.joins)
+        yield _counter("ringd_groups_leaves", "Group leaves delivered.", stats.leaves)
         yield _counter("ringd_groups_messages_delivered", "Group application messages delivered.",
-                       getattr(stats, "messages_delivered", 0))
+                       stats.messages_delivered)
         yield _counter("ringd_groups_bad_payloads", "Ordered payloads that were not group messages.",
-                       getattr(stats, "bad_payloads", 0))
+                       stats.bad_payloads)
         yield _counter("ringd_groups_events", "Group membership events sent to local clients.",
-                       getattr(stats, "group_events", 0))
+                       stats.group_events)
         yield _labelled_counter("ringd_groups_syncs", "Group syncs after a merge, by direction.", "direction",
-                                (("out", getattr(stats, "syncs_sent", 0)),
-                                 ("in", getattr(stats, "syncs_received", 0))))
+                                (("out", stats.syncs_sent),
+                                 ("in", stats.syncs_received)))
 
     def _transport_metrics(self) -> Iterator[CounterMetricFamily]:
         stats = self._daemon.transport.stats
@@ -372,17 +360,16 @@ class DaemonCollector(Collector):
                                 "reason", ((r, stats.dropped[r]) for r in DROP_REASONS))
 
     def _control_metrics(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-        stats: Any = self._daemon.control_stats
+        stats = self._daemon.control_stats
         yield _counter("ringd_control_connections", "Control socket connections accepted.",
                        stats.connections_total)
-        # Client API fields, read with defaults so this works before the API lands them.
         yield _gauge("ringd_control_connections_open", "Control/API connections open now.",
-                     getattr(stats, "connections_open", 0))
+                     stats.connections_open)
         yield _gauge("ringd_control_subscribers", "Connections that are members of at least one group.",
-                     getattr(stats, "subscribers", 0))
+                     self._daemon.node.groups.subscribers())
         yield _counter("ringd_control_slow_subscribers_dropped",
                        "Connections closed because they did not read their events fast enough.",
-                       getattr(stats, "slow_dropped", 0))
+                       stats.slow_dropped)
         yield _counter("ringd_control_connections_rejected", "Control connections over the limit.",
                        stats.connections_rejected)
         # Keys are set by the control server's code only (never by clients), so the union is bounded.
@@ -425,7 +412,7 @@ class MetricsServer:
         self._listeners = await trio.open_tcp_listeners(self.port, host=self.host)
         self.port = self._listeners[0].socket.getsockname()[1]
 
-    def register(self, daemon: Daemon) -> None:
+    def register(self, daemon: DaemonView) -> None:
         self.registry.register(DaemonCollector(daemon, self.stats))
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

@@ -1,11 +1,13 @@
 """Run one ringd daemon: sockets, the driver loop, the control socket, signals.
 
-One nursery per daemon. The driver loop is the only task that calls the cores' ``handle``:
-it reads the UDP sockets itself and takes what the control server puts in a bounded inbox
-channel. It parks on the sockets and an :class:`~ringd.runtime.alarm.Alarm` that rings at
-the earliest ``next_deadline()`` of the cores (its only timer) or when the inbox gets an
-event; a passed deadline gives the core a :class:`Tick`. Effects are executed in order
-right after each ``handle`` call.
+One nursery per daemon. The runtime is an executor: the :class:`~ringd.core.node.NodeCore`
+makes every protocol decision, and the driver loop is the only task that calls its
+``handle``. The loop reads the UDP sockets itself and takes what the control server puts
+in a bounded inbox channel. It parks on the sockets and an
+:class:`~ringd.runtime.alarm.Alarm` that rings at the core's ``next_deadline()`` (its only
+timer) or when the inbox gets an event; a passed deadline gives the core a :class:`Tick`.
+Effects are executed in order right after each ``handle`` call: datagrams, frames and
+replies to clients, counters persisted, log lines.
 """
 
 from __future__ import annotations
@@ -18,39 +20,37 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from ringd.config import Config
 from ringd.core.events import (
-    Effect,
+    ClientBacklog,
     Fatal,
-    Input,
     LeaveCluster,
     LeaveDone,
     Log,
     MemberChanged,
     Multicast,
-    Received,
+    Persist,
+    Reply,
     Send,
     Start,
     Tick,
     UserEventDelivered,
 )
-from ringd.core.gossip import GossipCore
-from ringd.core.groups import GroupsCore
-from ringd.core.histogram import Histogram
-from ringd.core.totem import TotemCore
+from ringd.core.groups import ToClient
+from ringd.core.node import INCARNATION, RING_SEQ, NodeCore
+from ringd.core.totem_events import ConfigChange, ConfigKind
 from ringd.messages import Address
 from ringd.runtime.alarm import Alarm
-from ringd.runtime.api_types import ApiConnection, ApiDisconnect, ApiRequest
+from ringd.runtime.api_types import ApiConnection, ApiRequest
 from ringd.runtime.control import ControlServer, ControlSocketError, ControlStats
 from ringd.runtime.logs import level_number, setup_logging
-from ringd.runtime.ordering import TOTEM_MESSAGE_TYPES, OrderedDelivery
 from ringd.runtime.state_files import read_counter, write_counter
 from ringd.runtime.udp import UdpTransport, advertised_host, open_udp_transport
-from ringd.wire import Codec, KeyFileError, load_key
+from ringd.wire import Codec, KeyFileError, decode_payload, encode_payload, load_key
 
 if TYPE_CHECKING:
     from ringd.runtime.metrics import MetricsServer
@@ -59,6 +59,9 @@ if TYPE_CHECKING:
 # later, even if the core never reports LeaveDone (e.g. alone, or the network is gone).
 LEAVE_WAIT_S = 2.0
 INCARNATION_FILE = "incarnation"
+RING_SEQ_FILE = "ring_seq"
+_STATE_FILES = {INCARNATION: INCARNATION_FILE, RING_SEQ: RING_SEQ_FILE}
+_TICK = Tick()
 
 
 class StartupError(Exception):
@@ -81,6 +84,12 @@ def write_incarnation(state_dir: Path, incarnation: int) -> None:
     write_counter(state_dir / INCARNATION_FILE, incarnation)
 
 
+def read_ring_seq(state_dir: Path, log: logging.Logger) -> int:
+    # Missing or damaged: 0 is safe, because other members carry higher ring seqs in their
+    # Joins and we adopt the highest.
+    return read_counter(state_dir / RING_SEQ_FILE, log) or 0
+
+
 def prepare_state_dir(path: Path) -> None:
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -101,53 +110,52 @@ class WakingInbox:
     """The driver's inbox as other tasks see it: a bounded memory channel whose every put
     also wakes the driver, which parks on the UDP sockets rather than on this channel."""
 
-    def __init__(self, channel: trio.MemorySendChannel[Input], wake: Callable[[], None]) -> None:
+    def __init__(self, channel: trio.MemorySendChannel[Any], wake: Callable[[], None]) -> None:
         self._channel = channel
         self._wake = wake
 
-    async def send(self, event: Input) -> None:
+    async def send(self, event: Any) -> None:
         try:
             self._channel.send_nowait(event)  # no scheduler round before the driver sees it
         except trio.WouldBlock:
             await self._channel.send(event)
         self._wake()
 
-    def send_nowait(self, event: Input) -> None:
+    def send_nowait(self, event: Any) -> None:
         self._channel.send_nowait(event)
         self._wake()
 
 
 class Daemon:
-    """Everything one running daemon owns. The control server reads it; only the
-    driver loop mutates the core."""
+    """Everything one running daemon owns. The control server and the metrics read it
+    (see :class:`ringd.runtime.control.DaemonView`); only the driver loop mutates the node."""
 
     def __init__(
         self,
         cfg: Config,
-        core: GossipCore,
+        node: NodeCore,
         transport: UdpTransport,
         codec: Codec,
-        inbox_send: trio.MemorySendChannel[Input],
-        inbox_recv: trio.MemoryReceiveChannel[Input],
+        inbox_send: trio.MemorySendChannel[Any],
+        inbox_recv: trio.MemoryReceiveChannel[Any],
         log: logging.Logger,
         control_stats: ControlStats,
         own_address: Address,
     ) -> None:
         self.cfg = cfg
-        self.core = core
+        self.node = node
         self.transport = transport
         self.codec = codec
         self.inbox_send = WakingInbox(inbox_send, self.wake)
         self.inbox_recv = inbox_recv
         # Datagrams read in one batch and not handled yet.
-        self._ready: collections.deque[Input] = collections.deque()
+        self._ready: collections.deque[Any] = collections.deque()
         # Wakes the driver parked on the sockets; its timer task runs in our nursery.
         self.alarm = Alarm()
         transport.watch(self.alarm.fd)
-        self._gossip_handled = False  # the gossip core's next deadline may have moved
         # Our own multicast comes back from the kernel with our bound address as source
         # (or the advertised one when bound to a wildcard address): the transport drops it
-        # unread.
+        # unread; the node core hands its own broadcasts back to itself.
         transport.ignored_sources.update((a.host, a.port) for a in (transport.local_address, own_address))
         self.log = log
         self.control_stats = control_stats
@@ -156,50 +164,38 @@ class Daemon:
         self.started_wall = time.time()
         self.leaving = False
         self.exit_code = 0
-        self.persisted_incarnation = core.incarnation
         # URL of the /metrics endpoint, None when disabled (reported by status).
         self.metrics_url: str | None = None
-        # Wall-clock time a member state in our view last changed: a convergence signal
-        # for metrics, kept here because cores know no wall clock.
+        # Wall-clock times a member state in our view, and our ring, last changed:
+        # convergence signals for metrics, kept here because cores know no wall clock.
         self.view_changed_wall = self.started_wall
+        self.ring_changed_wall = self.started_wall
         # Recent gossip user events, for `ringd events` style queries; bounded on purpose.
         self.recent_events: collections.deque[dict[str, object]] = collections.deque(maxlen=RECENT_EVENTS_MAX)
-        # Client connections of the API, registered by the control server.
+        # Client connections of the API, registered by the control server, and the reply
+        # callbacks of their requests still in the core.
         self.api_connections: dict[int, ApiConnection] = {}
-        self.ordering = OrderedDelivery(cfg=cfg, transport=transport, codec=codec,
-                                        api_connections=self.api_connections,
-                                        control_stats=control_stats, log=log,
-                                        now=trio.current_time(), gossip_view=core.members)
+        self._replies: dict[int, Callable[[dict[str, Any]], None]] = {}
+        # Connections whose outgoing backlog changed since the core last heard of it.
+        self._backlog_changed: dict[int, ApiConnection] = {}
         self._nursery: trio.Nursery | None = None
-
-    # Read by metrics and status: the ordering side of the daemon.
-    @property
-    def totem(self) -> TotemCore:
-        return self.ordering.totem
-
-    @property
-    def groups(self) -> GroupsCore:
-        return self.ordering.groups
-
-    @property
-    def latency_agreed(self) -> Histogram:
-        return self.ordering.latency_agreed
-
-    @property
-    def latency_safe(self) -> Histogram:
-        return self.ordering.latency_safe
-
-    @property
-    def ring_changed_wall(self) -> float:
-        return self.ordering.ring_changed_wall
-
-    def ring_info(self) -> dict[str, object]:
-        """Totem state, ring id, ring members and held-out (flapping) members, for status."""
-        return self.ordering.ring_info(trio.current_time())
 
     @property
     def uptime_s(self) -> float:
         return trio.current_time() - self.started_at
+
+    def inbox_len(self) -> int:
+        return self.inbox_recv.statistics().current_buffer_used
+
+    def ring_info(self) -> dict[str, object]:
+        """Totem state, ring id, ring members and held-out (flapping) members, for status."""
+        return self.node.ring_info(trio.current_time())
+
+    def backlog_changed(self, conn: ApiConnection) -> None:
+        """A connection's outgoing buffer grew or drained: the core hears of it before its
+        next input (a hook of :class:`ApiConnection`; no wake-up needed, the core asks
+        for a tick while it waits on readers)."""
+        self._backlog_changed[conn.conn] = conn
 
     def stop(self, exit_code: int) -> None:
         """Cancel every task of the daemon; ``run_daemon`` then returns ``exit_code``."""
@@ -225,54 +221,56 @@ class Daemon:
     # --- the driver loop ----------------------------------------------------------------
 
     async def drive(self) -> int:
-        """Feed datagrams, inbox events and timer ticks to the cores; execute their effects.
-        Returns the exit code when the gossip core says we are done (LeaveDone) or cannot go
-        on (Fatal)."""
-        core = self.core
-        ordering = self.ordering
+        """Feed datagrams, inbox events and timer ticks to the node core; execute its
+        effects. Returns the exit code when the core says we are done (LeaveDone) or cannot
+        go on (Fatal)."""
+        node = self.node
         now = trio.current_time()
-        done = await self.execute(core.handle(Start(), now))
-        gossip_at = core.next_deadline()
-        await ordering.tick(now)
+        done = await self.execute(node.handle(Start(), now))
         overdue_events = 0  # events handled while a timer was already due
         yielded_at = now
         while done is None:
             now = trio.current_time()
-            if self._gossip_handled:
-                # Only the gossip core's own handle() moves its timers: ask it only then
-                # (the token path never touches gossip).
-                self._gossip_handled = False
-                gossip_at = core.next_deadline()
-            totem_at = ordering.next_deadline()
-            due = gossip_at <= now or totem_at <= now
-            event = self._next_event()
+            if self._backlog_changed:
+                done = await self._report_backlogs(now)
+                if done is not None:
+                    break
+            deadline = node.next_deadline()
+            due = deadline <= now
+            accepting = node.accepting_input
+            event = self._next_event() if accepting else None
             # A due timer waits for what is already queued (up to a bound): under load the
             # token may be waiting in a socket, and firing token loss first would reform a
-            # healthy ring. Gossip timers are seconds long; a few ms here change nothing.
+            # healthy ring.
             if due and (event is None or overdue_events >= OVERDUE_EVENTS_MAX):
                 if event is not None:
                     self._ready.appendleft(event)
                 overdue_events = 0
-                if gossip_at <= now:
-                    self._gossip_handled = True
-                    done = await self.execute(core.handle(Tick(), now))
-                else:
-                    await ordering.tick(now)
+                done = await self.execute(node.handle(_TICK, now))
                 # A timer can be due again at once (a singleton ring passes the token to
                 # itself) and sends do not yield: let the other tasks run.
                 await trio.lowlevel.checkpoint()
                 yielded_at = now
                 continue
             if event is None:
+                if not accepting:
+                    # The core holds a token visit for slow local readers and takes no
+                    # input until its deadline: datagrams wait in the socket buffers.
+                    await trio.sleep_until(deadline)
+                    continue
                 # Nothing to do: park until a datagram arrives, another task puts an event
                 # in the inbox, or the next timer is due (both ring the alarm).
-                self.alarm.park(min(gossip_at, totem_at))
+                self.alarm.park(deadline)
                 await self.transport.wait_readable()
                 self.alarm.unpark()
                 yielded_at = trio.current_time()
                 continue
             overdue_events += due
-            done = await self._handle(event, now)
+            if type(event) is ApiRequest:
+                request = event.request
+                self._replies[request.request_id] = event.reply
+                event = request
+            done = await self.execute(node.handle(event, now))
             if now - yielded_at >= DRIVER_TURN_S:
                 # Busy for a while without parking (a flood): the control server and the
                 # client writers get their turn.
@@ -280,7 +278,19 @@ class Daemon:
                 yielded_at = now
         return done
 
-    def _next_event(self) -> Input | None:
+    async def _report_backlogs(self, now: float) -> int | None:
+        changed = list(self._backlog_changed.values())
+        self._backlog_changed.clear()
+        done = None
+        for conn in changed:
+            queued = 0 if conn.closed else conn.queued_bytes
+            effects = self.node.handle(
+                ClientBacklog(conn=conn.conn, queued_bytes=queued, drained_at=conn.drained_at), now)
+            if effects:
+                done = await self.execute(effects) or done
+        return done
+
+    def _next_event(self) -> Any:
         """The next event without blocking: datagrams already read, then events other tasks
         queued, then a new batch of waiting datagrams."""
         ready = self._ready
@@ -300,69 +310,64 @@ class Daemon:
         """Another task queued an event: end the driver's park."""
         self.alarm.ring()
 
-    async def _handle(self, event: Input, now: float) -> int | None:
-        tp = type(event)
-        if tp is Received:
-            if type(event.msg) in TOTEM_MESSAGE_TYPES:  # type: ignore[union-attr]
-                await self.ordering.received(event, now)  # type: ignore[arg-type]
-                return None
-        elif tp is ApiRequest:
-            await self.ordering.api_request(event, now)  # type: ignore[arg-type]
-            return None
-        elif tp is ApiDisconnect:
-            await self.ordering.api_disconnect(event, now)  # type: ignore[arg-type]
-            return None
-        core = self.core
-        self._gossip_handled = True
-        done = await self.execute(core.handle(event, now))
-        if core.incarnation != self.persisted_incarnation:
-            self.persist_incarnation()
-        return done
-
-    def persist_incarnation(self) -> None:
-        try:
-            write_incarnation(self.cfg.state_path, self.core.incarnation)
-        except OSError as exc:
-            self.log.error("cannot persist incarnation in %s: %s", self.cfg.state_path, exc)
-        self.persisted_incarnation = self.core.incarnation
-
-    async def execute(self, effects: list[Effect]) -> int | None:
-        """Run effects in order; an exit code means the daemon must stop."""
-        name = self.core.name
+    async def execute(self, effects: list[Any]) -> int | None:
+        """Run the node core's effects in order; an exit code means the daemon must stop."""
+        conns = self.api_connections
+        transport = self.transport
         for effect in effects:
-            match effect:
-                case Send(dest=dest, msg=msg):
-                    data = self._encode(name, msg)
-                    if data is not None:
-                        await self.transport.send(dest, data)
-                case Multicast(msg=msg):
-                    data = self._encode(name, msg)
-                    if data is not None:
-                        await self.transport.multicast(data)
-                case MemberChanged():
-                    self.log.info("%s", describe_member_change(effect))
-                    if effect.old_state != effect.new_state:
-                        self.view_changed_wall = time.time()
-                    await self.ordering.member_changed(effect, trio.current_time())
-                case Log(level=level, text=text, fields=fields):
-                    extra = "".join(f" {k}={v}" for k, v in fields.items())
-                    self.log.log(level_number(level), "%s%s", text, extra)
-                case UserEventDelivered(origin=origin, ltime=ltime, name=ev_name):
-                    self.log.debug("user event %s from %s (ltime %d)", ev_name, origin, ltime)
-                    self.recent_events.append(
-                        {"origin": origin, "ltime": ltime, "name": ev_name, "payload": effect.payload}
-                    )
-                case Fatal(reason=reason):
-                    self.log.error("fatal: %s", reason)
-                    return 1
-                case LeaveDone():
-                    self.log.info("left the cluster")
-                    return 0
+            tp = type(effect)
+            if tp is ToClient:
+                conn = conns.get(effect.conn)
+                if conn is not None:
+                    conn.push(effect.frame, effect.size)  # a full buffer drops that client
+            elif tp is Multicast:
+                data = self._encode(effect.msg)
+                if data is not None:
+                    await transport.multicast(data)
+            elif tp is Send:
+                data = self._encode(effect.msg)
+                if data is not None:
+                    await transport.send(effect.dest, data)
+            elif tp is Reply:
+                reply = self._replies.pop(effect.request_id, None)
+                if reply is not None:
+                    reply(effect.body)
+            elif tp is ConfigChange:
+                self.log.info("%s configuration %s: %s", effect.kind.value, effect.ring_id,
+                              ",".join(effect.members))
+                if effect.kind is ConfigKind.REGULAR:
+                    self.ring_changed_wall = time.time()
+            elif tp is Persist:
+                self._persist(effect.key, effect.value)
+            elif tp is MemberChanged:
+                self.log.info("%s", describe_member_change(effect))
+                if effect.old_state != effect.new_state:
+                    self.view_changed_wall = time.time()
+            elif tp is Log:
+                extra = "".join(f" {k}={v}" for k, v in effect.fields.items())
+                self.log.log(level_number(effect.level), "%s%s", effect.text, extra)
+            elif tp is UserEventDelivered:
+                self.log.debug("user event %s from %s (ltime %d)", effect.name, effect.origin, effect.ltime)
+                self.recent_events.append({"origin": effect.origin, "ltime": effect.ltime,
+                                           "name": effect.name, "payload": effect.payload})
+            elif tp is Fatal:
+                self.log.error("fatal: %s", effect.reason)
+                return 1
+            elif tp is LeaveDone:
+                self.log.info("left the cluster")
+                return 0
         return None
 
-    def _encode(self, sender: str, msg: object) -> bytes | None:
+    def _persist(self, key: str, value: int) -> None:
+        path = self.cfg.state_path / _STATE_FILES[key]
         try:
-            return self.codec.encode(sender, msg)  # type: ignore[arg-type]
+            write_counter(path, value)
+        except OSError as exc:
+            self.log.error("cannot persist %s in %s: %s", key, path, exc)
+
+    def _encode(self, msg: Any) -> bytes | None:
+        try:
+            return self.codec.encode(self.node.name, msg)
         except ValueError as exc:
             # Our own bug (the core built an oversized message): say so, keep running.
             self.log.error("cannot encode %s: %s", type(msg).__name__, exc)
@@ -461,20 +466,12 @@ async def run_daemon(cfg: Config, *, task_status: trio.TaskStatus[Daemon] = trio
             raise StartupError(f"cannot tell which address peers should use to reach us (bound to "
                                f"{cfg.net.bind_host}): {exc.strerror or exc}; set net.advertise_host "
                                f"(--advertise)") from None
-        core = GossipCore(
-            name=cfg.node_name,
-            address=address,
-            config=cfg.gossip,
-            rng=random.Random(),
-            tags=cfg.tags_dict,
-            seeds=seeds,
-            incarnation=incarnation,
-            multicast=cfg.net.multicast_enabled,
-            size_of=codec.size_of,
-            datagram_bytes_max=cfg.net.datagram_bytes_max,
-        )
-        inbox_send, inbox_recv = trio.open_memory_channel[Input](cfg.net.inbox_len_max)
-        daemon = Daemon(cfg, core, transport, codec, inbox_send, inbox_recv, log, control.stats, address)
+        node = NodeCore(cfg, address=address, seeds=seeds, incarnation=incarnation,
+                        ring_seq=read_ring_seq(state_dir, log), rng=random.Random(),
+                        size_of=codec.size_of, encode_payload=encode_payload,
+                        decode_payload=decode_payload, now=trio.current_time())
+        inbox_send, inbox_recv = trio.open_memory_channel[Any](cfg.net.inbox_len_max)
+        daemon = Daemon(cfg, node, transport, codec, inbox_send, inbox_recv, log, control.stats, address)
         if metrics is not None:
             metrics.register(daemon)
             daemon.metrics_url = metrics.url
