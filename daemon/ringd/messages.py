@@ -198,10 +198,13 @@ class PushPull(Message):
 @register(15)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Announce(Message):
-    """Multicast discovery beacon: 'I exist at this address'."""
+    """Multicast discovery beacon: 'I exist at this address'. ``alone``: the sender knows no
+    other live member (e.g. it just restarted while the others already learned its new
+    incarnation from gossip), so whoever hears it answers with its full state."""
 
     address: Address
     incarnation: int
+    alone: bool = False
 
 
 @register(16)

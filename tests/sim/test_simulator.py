@@ -7,6 +7,7 @@ import os
 import random
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -189,13 +190,16 @@ def test_repro_command_names_every_non_default_option() -> None:
     opts = SimOptions(loss=0.1, partitions=False, crashes=True, pauses=False, duration_s=4.0,
                       codec=True)
     line = repro_command(42, 8, opts)
-    assert line == ("ringd simulate --seed 42 --seeds 1 --nodes 8 --loss 0.1 --no-partitions "
-                    "--no-pauses --codec --duration 4.0")
+    assert line == ("ringd simulate --seed 42 --seeds 1 --nodes 8 --totem-only --loss 0.1 "
+                    "--no-partitions --no-pauses --codec --duration 4.0")
+    whole = repro_command(42, 8, replace(opts, whole_node=True, clock_drift_max=0.005))
+    assert whole == ("ringd simulate --seed 42 --seeds 1 --nodes 8 --loss 0.1 --no-partitions "
+                     "--no-pauses --codec --duration 4.0")
 
 
 def test_repro_command_marks_hostile_runs() -> None:
     line = repro_command(7, 5, SimOptions.hostile(duration_s=20.0))
-    assert line == "ringd simulate --seed 7 --seeds 1 --nodes 5 --hostile --duration 20.0"
+    assert line == "ringd simulate --seed 7 --seeds 1 --nodes 5 --totem-only --hostile --duration 20.0"
 
 
 def test_simulator_catches_a_ring_id_used_before_it_is_persisted() -> None:

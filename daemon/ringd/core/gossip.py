@@ -299,6 +299,7 @@ class GossipCore(GossipState):
             or m.state is not MemberState.ALIVE
             or m.address != msg.address
             or msg.incarnation < m.incarnation
+            or msg.alone
         ):
             self._send_push_pull(msg.address, join=True)
 

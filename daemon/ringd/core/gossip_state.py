@@ -395,7 +395,8 @@ class GossipState:
 
     def _announce(self) -> None:
         self.stats.announces_sent += 1
-        msg = Announce(address=self.address, incarnation=self.incarnation)
+        msg = Announce(address=self.address, incarnation=self.incarnation,
+                       alone=self._live_count() <= 1)
         self.stats.msgs_sent[type(msg).__name__] += 1
         self._out.append(Multicast(msg=msg))
 

@@ -129,7 +129,9 @@ class GroupsCore:
         self._seq_key: tuple[RingId, int] | None = None
         self._seq_next = 0
         # The last regular configuration: told to a connection when it first becomes a member.
-        self._regular: ConfigChange | None = None
+        # The configuration we are in: the last regular one, or the transitional one after
+        # it while the old ring's rest is delivered. A newcomer is told this one.
+        self._current: ConfigChange | None = None
         # Members of the transitional configuration since the last regular one (None: none).
         self._transitional: frozenset[str] | None = None
 
@@ -230,6 +232,7 @@ class GroupsCore:
             out = self._config_frames(c)
             out.extend(self._nodedown(members))
             self._transitional = members
+            self._current = c
             return out, []
         # Regular members include the transitional ones, so nodedown here is only a guard
         # against a missing transitional configuration; its frames precede the config frame.
@@ -240,7 +243,7 @@ class GroupsCore:
             payloads.append(self._encode(self._sync_payload()))
             self.stats.syncs_sent += 1
         self._transitional = None
-        self._regular = c
+        self._current = c
         return out, payloads
 
     # --- Queries -----------------------------------------------------------------------
@@ -334,9 +337,9 @@ class GroupsCore:
             if entry is not None and not entry.wanted:
                 self._forget(group, m, entry.conn)
         out = []
-        if newcomers and self._regular is not None:
+        if newcomers and self._current is not None:
             # A new subscriber learns the configuration it is in before anything else.
-            out = [ToClient(conn=conn, frame=self._config_frame(self._regular)) for conn in newcomers]
+            out = [ToClient(conn=conn, frame=self._config_frame(self._current)) for conn in newcomers]
         out.extend(ToClient(conn=conn, frame=dict(frame)) for conn in sorted(conns))
         return out
 

@@ -136,7 +136,7 @@ class _PendingSend:
 @dataclass(slots=True)
 class _Published:
     send: _PendingSend | None
-    size: int
+    payload: bytes
     at: float
     safe: bool
 
@@ -370,16 +370,27 @@ class NodeCore:
             self._become_observer()
 
     def _join_ring(self, now: float) -> None:
-        """Run a fresh processor (like a restart): its timers start now."""
+        """Run a fresh processor (like a restart): its timers start now. What was published
+        while no processor ran (before the start grace ended, or as an observer) was never
+        sent: it goes to the new processor, in order."""
         self.active = True
         self.totem = self._new_totem(now)
         self._run(self.totem.handle(_TICK, now), now)
+        for msg_id, pub in list(self._published.items()):
+            self._run(self.totem.handle(Publish(msg_id=msg_id, payload=pub.payload, safe=pub.safe),
+                                        now), now)
 
     def _become_observer(self) -> None:
+        """Stop running Totem. Messages our processor accepted but has not delivered may or
+        may not have reached the ring: their senders get an error rather than a guess."""
+        was_running = self.started and self.active
         self.active = False
         self._out.append(Log(level="warning", text=(
             f"the ring is full (totem.ring_size_max={self.cfg.totem.ring_size_max}): this "
             "daemon is a gossip-only observer")))
+        if was_running:
+            for msg_id in list(self._published):
+                self._settle(msg_id, 0.0, refused="this daemon became a gossip-only observer")
 
     def _totem_received(self, event: Received, now: float) -> None:
         sender = event.sender
@@ -611,7 +622,7 @@ class NodeCore:
                  safe: bool = False) -> None:
         msg_id = self._next_msg_id
         self._next_msg_id += 1
-        self._published[msg_id] = _Published(send=send, size=len(payload), at=now, safe=safe)
+        self._published[msg_id] = _Published(send=send, payload=payload, at=now, safe=safe)
         self.unordered_bytes += len(payload)
         publish = Publish(msg_id=msg_id, payload=payload, safe=safe)
         if self.record_deliveries:
@@ -623,7 +634,7 @@ class NodeCore:
         if pub is None:
             return
         self._settled = True
-        self.unordered_bytes -= pub.size
+        self.unordered_bytes -= len(pub.payload)
         if refused is None:
             (self.latency_safe if pub.safe else self.latency_agreed).observe(now - pub.at)
         send = pub.send

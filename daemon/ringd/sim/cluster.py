@@ -83,7 +83,10 @@ from ringd.sim.schedule import (
 )
 from ringd.sim.trace import RECV, TraceEntry, format_trace, short_repr
 
-__all__ = ["DEFAULT_OPTIONS", "SIM_TOTEM", "SimCluster", "SimNode", "SimOptions", "SimRun",
+# Clock rate error of whole simulated nodes (``ringd simulate`` without --totem-only).
+WHOLE_NODE_CLOCK_DRIFT = 0.005
+
+__all__ = ["DEFAULT_OPTIONS", "SIM_TOTEM", "WHOLE_NODE_CLOCK_DRIFT", "SimCluster", "SimNode", "SimOptions", "SimRun",
            "SimStats", "format_trace", "node_names"]
 
 class SimNode:

@@ -1,4 +1,5 @@
-"""``ringd simulate``: run seeded simulations of the Totem core and check EVS.
+"""``ringd simulate``: run seeded simulations of whole nodes (or of the Totem core alone)
+and check EVS and process-group virtual synchrony.
 
 Register with ``app.command("simulate")(simulate)``; also runnable on its own as
 ``python -m ringd.sim.command --seeds 100``.
@@ -6,6 +7,7 @@ Register with ``app.command("simulate")(simulate)``; also runnable on its own as
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -39,6 +41,10 @@ def simulate(
         "--hostile", help="Harsher chaos: more faults, more loss, long delay spikes.")] = False,
     codec: Annotated[bool, typer.Option(
         "--codec/--no-codec", help="Pass every datagram through the wire codec.")] = False,
+    totem_only: Annotated[bool, typer.Option(
+        "--totem-only", help="Simulate bare Totem cores with faked gossip hints, not whole nodes.")] = False,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print one JSON object of totals instead of the summary lines.")] = False,
     verbose: Annotated[bool, typer.Option(
         "--verbose", "-v", help="One line per seed.")] = False,
     trace_window: Annotated[str | None, typer.Option(
@@ -48,7 +54,9 @@ def simulate(
     trace_lines: Annotated[int, typer.Option(
         "--trace-lines", min=0, help="Trace events printed for a failing seed.")] = 60,
 ) -> None:
-    """Run seeded deterministic simulations of the Totem ring and check extended virtual synchrony.
+    """Run seeded deterministic simulations of whole ringd nodes (gossip, Totem, process
+    groups, client applications) and check extended virtual synchrony and group virtual
+    synchrony.
 
     Exits with status 1 if any run violates a property, printing the seed, a command that reproduces it and the end of its trace.
     """
@@ -64,11 +72,15 @@ def simulate(
 
     base = sim_cluster.SimOptions.hostile() if hostile else sim_cluster.DEFAULT_OPTIONS
     options = replace(base, duration_s=duration, loss=loss,
-                      partitions=partitions, crashes=crashes, pauses=pauses, codec=codec)
+                      partitions=partitions, crashes=crashes, pauses=pauses, codec=codec,
+                      whole_node=not totem_only,
+                      clock_drift_max=0.0 if totem_only else sim_cluster.WHOLE_NODE_CLOCK_DRIFT)
+    out = sys.stderr if as_json else sys.stdout
     print(f"simulating seeds {seed}..{seed + count - 1}: nodes={nodes} "
           f"loss={'per-seed 0..0.3' if loss is None else loss} partitions={partitions} "
           f"crashes={crashes} pauses={pauses} duration={duration}s jobs={jobs}"
-          f"{' hostile' if hostile else ''}", flush=True)
+          f"{' hostile' if hostile else ''}{' totem-only' if totem_only else ' whole nodes'}",
+          file=out, flush=True)
     window: tuple[float, float] | None = None
     if trace_window is not None:
         try:
@@ -80,29 +92,43 @@ def simulate(
     started = time.perf_counter()
     runs = failures = delivered = changes = violations = 0
     virtual = 0.0
+    totals = dict.fromkeys(runner.NODE_COUNTERS, 0)
     for result in sweep(((s, nodes) for s in range(seed, seed + count)), options, jobs):
         runs += 1
         virtual += result.virtual_s
         delivered += result.delivered
         changes += result.config_changes
         violations += len(result.violations)
+        for name in totals:
+            totals[name] += int(result.stats.get(name, 0))
         if verbose:
             print(f"seed {result.seed}: {'ok' if result.ok else 'FAIL'} "
                   f"virtual={result.virtual_s:.1f}s delivered={result.delivered} "
-                  f"configs={result.config_changes} wall={result.wall_s:.3f}s", flush=True)
+                  f"configs={result.config_changes} wall={result.wall_s:.3f}s", file=out, flush=True)
         if window is not None:
             for line in runner.trace_window(result.seed, nodes, options, *window):
-                print(line)
+                print(line, file=out)
         if not result.ok:
             failures += 1
             print(format_failure(result, trace_lines), file=sys.stderr, flush=True)
             print(f"  (or: python -m ringd.sim.command{result.repro.removeprefix('ringd simulate')})",
                   file=sys.stderr, flush=True)
     wall = time.perf_counter() - started
-    print(f"runs: {runs}  failed: {failures}  violations: {violations}")
-    print(f"virtual time: {virtual:.1f}s  messages delivered: {delivered}  "
-          f"configuration changes: {changes}")
-    print(f"wall time: {wall:.2f}s  seeds/second: {runs / wall if wall else 0.0:.1f}")
+    rate = runs / wall if wall else 0.0
+    if as_json:
+        print(json.dumps({"runs": runs, "violations": violations, "seeds_per_s": round(rate, 2),
+                          **totals, "failed_runs": failures, "messages_delivered": delivered,
+                          "configuration_changes": changes, "virtual_s": round(virtual, 3),
+                          "wall_s": round(wall, 3)}))
+    else:
+        print(f"runs: {runs}  failed: {failures}  violations: {violations}")
+        print(f"virtual time: {virtual:.1f}s  messages delivered: {delivered}  "
+              f"configuration changes: {changes}")
+        if not totem_only:
+            print("gossip messages: {gossip_messages}  totem messages: {totem_messages}  "
+                  "group events: {group_events}  client messages delivered: "
+                  "{client_messages_delivered}".format(**totals))
+        print(f"wall time: {wall:.2f}s  seeds/second: {rate:.1f}")
     if failures:
         raise typer.Exit(1)
 

@@ -14,6 +14,10 @@ SIM_TOTEM = TotemConfig(mtu_bytes=1400, flap_stable_s=2.0)
 rule, a LAN MTU so that multi-fragment messages are common, and a short flap hold so
 liveness stays bounded."""
 
+# Whole nodes: time gossip may take, after the heal, to see every node alive again
+# (announces, push-pull and refutations at the local preset's intervals).
+WHOLE_NODE_GOSSIP_ALLOWANCE_S = 8.0
+
 CoreFactory = Callable[..., Any]  # (*, name, config, rng, ring_seq, now) -> core
 
 
@@ -51,6 +55,10 @@ class SimOptions:
     liveness_s: float | None = None  # None: derived from the Totem timeouts
     socket_buffer_datagrams: int = 512  # a paused node's queue; later datagrams are dropped
     codec: bool = False  # pass every datagram through ringd.wire.Codec
+    whole_node: bool = False  # run NodeCore (gossip, groups, client apps), not bare Totem
+    starvation: bool = True  # whole node: a node now and then handles events late, in bursts
+    clock_drift_max: float = 0.0  # whole node: each clock's rate is 1 +- up to this
+    ring_size_max: int | None = None  # whole node: None = every node may be in the ring
     totem: TotemConfig = SIM_TOTEM
     network: NetworkOptions = NetworkOptions()
     trace_len: int = 300
@@ -75,7 +83,11 @@ class SimOptions:
         t = self.totem
         # Token loss, then a few Gather/Commit rounds (each bounded by consensus), then
         # recovery; a member held out as flapping waits flap_stable_s first.
-        return t.flap_stable_s + 4 * (t.token_timeout_s + t.consensus_s) + 2.0
+        bound = t.flap_stable_s + 4 * (t.token_timeout_s + t.consensus_s) + 2.0
+        if self.whole_node:
+            # Real gossip must first see the restarted and the healed nodes alive again.
+            bound += WHOLE_NODE_GOSSIP_ALLOWANCE_S
+        return bound
 
 
 DEFAULT_OPTIONS = SimOptions()

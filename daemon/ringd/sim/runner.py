@@ -11,6 +11,16 @@ from typing import Any
 
 from ringd.sim.checkers import Violation, check_liveness, check_safety
 from ringd.sim.cluster import DEFAULT_OPTIONS, SimCluster, SimOptions, format_trace
+from ringd.sim.group_checker import ClientHistory, check_groups
+from ringd.sim.node_cluster import NodeSimCluster
+
+# What a whole-node run counts beside SimStats (``ringd simulate --json`` totals).
+NODE_COUNTERS = ("gossip_messages", "totem_messages", "group_events", "client_messages_delivered")
+
+
+def make_cluster(seed: int, nodes: int, options: SimOptions) -> SimCluster:
+    """The cluster a run uses: whole nodes (NodeCore), or bare Totem cores."""
+    return NodeSimCluster(seed, nodes, options) if options.whole_node else SimCluster(seed, nodes, options)
 
 
 @dataclass(slots=True)
@@ -49,7 +59,12 @@ def repro_command(seed: int, nodes: int, options: SimOptions,
     """A one-line command that reruns exactly this seed with these options."""
     defaults = DEFAULT_OPTIONS
     parts = [prog, f"--seed {seed}", "--seeds 1", f"--nodes {nodes}"]
+    if not options.whole_node:
+        parts.append("--totem-only")
     hostile = SimOptions.hostile()
+    defaults = replace(defaults, whole_node=options.whole_node,
+                       clock_drift_max=options.clock_drift_max)
+    hostile = replace(hostile, whole_node=options.whole_node, clock_drift_max=options.clock_drift_max)
     if all(getattr(options, f) == getattr(hostile, f)
            for f in ("fault_interval_s", "loss_max", "duplication_max", "network")):
         parts.append("--hostile")
@@ -62,7 +77,8 @@ def repro_command(seed: int, nodes: int, options: SimOptions,
             parts.append(f"--{flag}" if value else f"--no-{flag}")
     if options.duration_s != defaults.duration_s:
         parts.append(f"--duration {options.duration_s!r}")
-    unexpressed = [name for name in ("duplication", "gossip_hints", "load", "liveness", "totem",
+    unexpressed = [name for name in ("duplication", "load", "liveness", "totem", "ring_size_max",
+                                     "starvation", "clock_drift_max",
                                      "network", "core_factory", "fault_interval_s", "loss_max",
                                      "duplication_max", "burst_interval_s", "liveness_s",
                                      "liveness_loss", "flood_probability")
@@ -75,8 +91,13 @@ def repro_command(seed: int, nodes: int, options: SimOptions,
 def run_seed(seed: int, nodes: int = 5, options: SimOptions = DEFAULT_OPTIONS) -> RunResult:
     """Simulate one seed and check it: safety always, liveness when the run had that phase."""
     started = time.perf_counter()
-    run = SimCluster(seed, nodes, options).run()
+    cluster = make_cluster(seed, nodes, options)
+    run = cluster.run()
     violations = list(run.violations)
+    if isinstance(cluster, NodeSimCluster):
+        violations.extend(check_groups(
+            (ClientHistory(log.pid, log.member, log.frames) for log in cluster.client_logs),
+            cluster.sent))
     fatal = any(v.prop in ("core-exception", "event-budget", "timer-loop") for v in violations)
     violations.extend(check_safety(run.history, eventual=options.liveness))
     if options.liveness and not fatal:
@@ -89,6 +110,8 @@ def run_seed(seed: int, nodes: int = 5, options: SimOptions = DEFAULT_OPTIONS) -
                           for v in violations]
         violations.extend(stuck)
     stats = {name: getattr(run.stats, name) for name in run.stats.__slots__}  # type: ignore[attr-defined]
+    for name in NODE_COUNTERS:
+        stats[name] = getattr(cluster, name, 0)
     trace = format_trace(run.trace if violations else run.trace[-40:])
     first = _first_violation_time(violations)
     if first is not None and not fatal and first < run.stats.finished_at_s - 0.01:
@@ -117,7 +140,7 @@ def trace_window(seed: int, nodes: int, options: SimOptions, from_s: float, to_s
                  node: str | None = None) -> list[str]:
     """Rerun a seed keeping its whole trace; the events between ``from_s`` and ``to_s``
     (of one node, or all), for reading what led up to a violation."""
-    cluster = SimCluster(seed, nodes, replace(options, trace_len=10_000_000))
+    cluster = make_cluster(seed, nodes, replace(options, trace_len=10_000_000))
     cluster.run()
     out = []
     for line in cluster.trace_tail():

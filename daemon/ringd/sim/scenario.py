@@ -94,9 +94,11 @@ class ScenarioMixin:
             return rng.randint(200, min(mtu - 100, 4000))
         return rng.randint(1, 200)
 
-    def _publish(self: SimCluster, node: SimNode, safe: bool, size: int, probe: bool) -> None:
+    def _publish(self: SimCluster, node: SimNode, safe: bool, size: int,
+                 probe: bool) -> tuple[str, int] | None:
+        """Publish one message at ``node``; its key, or None if it was not offered."""
         if not node.up or node.paused:
-            return  # the application cannot reach a stopped daemon
+            return None  # the application cannot reach a stopped daemon
         msg_id = node.msg_id_next
         node.msg_id_next += 1
         start = self._load_rng.randrange(len(self._payload_block) - size + 1)
@@ -106,6 +108,7 @@ class ScenarioMixin:
                                          safe=safe, incarnation=node.incarnation, probe=probe)
         self.stats.published += 1
         self._handle(node, Publish(msg_id=msg_id, payload=payload, safe=safe))
+        return key
 
     # --- Faults -------------------------------------------------------------------------
 
@@ -247,8 +250,9 @@ class ScenarioMixin:
                 mtu = self.options.totem.mtu_bytes
                 for node in self.nodes:
                     for safe, size in ((False, 10), (True, 10), (False, mtu + 100)):
-                        self._probe_keys.append((node.name, node.msg_id_next))
-                        self._publish(node, safe, size, True)
+                        key = self._publish(node, safe, size, True)
+                        if key is not None:
+                            self._probe_keys.append(key)
         elif self._probes_delivered() and self._converged():
             self._trace_add("-", "probes delivered everywhere: done")
             self._stop = True

@@ -1,0 +1,142 @@
+"""Process-group checker: virtual synchrony as client applications see it.
+
+Input: every frame each client connection received (``{"ev": "message" | "group" |
+"config", ...}``, the frames the node core sends to its clients), and what each
+application sent to which group. Properties, each under its own code:
+
+- ``group-order``: the messages a connection receives have strictly increasing
+  ``(ring seq, seq)``: no duplicate, and one order for everybody (a message's ``(ring,
+  seq)`` is the same at every node, which the EVS checker's ``same-configuration`` holds).
+- ``group-creation``: every message item a connection receives was sent to that group by
+  the member named as its sender.
+- ``group-views``: two connections that both receive messages ``m`` and then ``m'`` of a
+  group, ordered on one ring, next to each other, and had the same view of the group when
+  ``m`` came, and stayed members in between, received
+  the same group events (joins, leaves, node-downs, with the same member lists) between
+  them, if they are in the same configuration when ``m'`` comes: membership changes are
+  interleaved with the messages identically for members that agree on the view. (Right after a merge, members that come from different sides hold
+  different views until every node's group sync is delivered; they are compared again
+  once their views agree.)
+- ``group-gap``: a connection that received ``m`` and then ``m'`` of one ring in that
+  ring's regular configuration, with no group event of that group and no configuration
+  change in between, was a member throughout, and its node delivered every message of that
+  ring between them (delivery has no gaps in a regular configuration; a transitional one
+  may skip what its members never got), so it received every message of
+  the group that another connection received between them (except its own member's
+  messages, which ``self_discard`` may hold back).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ringd.sim.checkers import VIOLATIONS_PER_PROPERTY_MAX, Violation
+
+MessageKey = tuple[int, str, int]  # (ring seq, ring representative, seq)
+
+
+@dataclass(slots=True)
+class ClientHistory:
+    """The frames one client connection received, and its application's member id."""
+
+    pid: str  # for reports
+    member: str  # "node:pid"
+    frames: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _key(frame: Mapping[str, Any]) -> MessageKey:
+    seq, _, rep = frame["ring"].partition(".")
+    return (int(seq), rep, frame["seq"])
+
+
+def _event(frame: Mapping[str, Any]) -> tuple[Any, ...]:
+    return (tuple(frame["members"]), tuple(frame["joined"]), tuple(frame["left"]), frame["reason"])
+
+
+class _Report:
+    def __init__(self) -> None:
+        self.violations: list[Violation] = []
+        self._counts: dict[str, int] = {}
+
+    def add(self, prop: str, detail: str) -> None:
+        n = self._counts.get(prop, 0) + 1
+        self._counts[prop] = n
+        if n <= VIOLATIONS_PER_PROPERTY_MAX:
+            self.violations.append(Violation(prop, detail))
+        elif n == VIOLATIONS_PER_PROPERTY_MAX + 1:
+            self.violations.append(Violation(prop, "... more violations of this property omitted"))
+
+
+def check_groups(histories: Iterable[ClientHistory],
+                 sent: Mapping[tuple[str, str], set[bytes]]) -> list[Violation]:
+    """Check the group properties; ``sent[(group, member)]`` holds what that member sent."""
+    report = _Report()
+    # Per group: (m, m', view at m) -> (events between, pid) of the first connection seen;
+    # and every message key of the group with its items' sender member.
+    between: dict[str, dict[tuple[Any, ...], tuple[tuple[Any, ...], str]]] = {}
+    keys: dict[str, dict[MessageKey, str]] = {}
+    quiet_pairs: list[tuple[str, ClientHistory, MessageKey, MessageKey]] = []
+    for hist in histories:
+        last_key: MessageKey | None = None
+        last_by_group: dict[str, MessageKey] = {}
+        events_by_group: dict[str, list[tuple[Any, ...]]] = {}
+        reconfigured: set[str] = set()  # groups whose last message came before a config frame
+        view: dict[str, tuple[str, ...]] = {}  # group -> members as of the last group event
+        view_at_last: dict[str, tuple[str, ...] | None] = {}  # ... when the last message came
+        config: tuple[Any, ...] | None = None  # the configuration frame received last
+        for frame in hist.frames:
+            ev = frame.get("ev")
+            if ev == "config":
+                reconfigured.update(last_by_group)
+                config = (frame["kind"], frame["ring"], tuple(frame["members"]))
+                continue
+            if ev == "group":
+                events_by_group.setdefault(frame["group"], []).append(_event(frame))
+                view[frame["group"]] = tuple(frame["members"])
+                continue
+            if ev != "message":
+                continue
+            group = frame["group"]
+            key = _key(frame)
+            if last_key is not None and key <= last_key:
+                report.add("group-order", f"{hist.pid} received {group} message {key} after {last_key}")
+            last_key = key
+            items = sent.get((group, frame["member"]), set())
+            for item in frame["data"]:
+                if item not in items:
+                    report.add("group-creation", f"{hist.pid} received in {group} from "
+                               f"{frame['member']} an item it never sent ({item[:16]!r})")
+                    break
+            keys.setdefault(group, {})[key] = frame["member"]
+            prev = last_by_group.get(group)
+            events = tuple(events_by_group.pop(group, ()))
+            if prev is not None and prev[:2] == key[:2]:
+                pairs = between.setdefault(group, {})
+                pair = (prev, key, view_at_last.get(group), config)
+                seen = pairs.get(pair)
+                # A member that left (and came back) in between did not see what happened
+                # while it was out: only members throughout are compared.
+                involved = any(hist.member in e[1] or hist.member in e[2] for e in events)
+                if involved:
+                    pass
+                elif seen is None:
+                    pairs[pair] = (events, hist.pid)
+                elif seen[0] != events:
+                    report.add("group-views", f"{group}: between messages {prev} and {key} "
+                               f"{seen[1]} saw {list(seen[0])} but {hist.pid} saw {list(events)}")
+                if (not events and group not in reconfigured and prev[:2] == key[:2]
+                        and config is not None and config[0] == "regular"):
+                    quiet_pairs.append((group, hist, prev, key))
+            last_by_group[group] = key
+            view_at_last[group] = view.get(group)
+            reconfigured.discard(group)
+    for group, hist, prev, key in quiet_pairs:
+        missed = [k for k, member in keys[group].items()
+                  if prev < k < key and member != hist.member]
+        if missed:
+            report.add("group-gap", f"{hist.pid} received {group} messages {prev} then {key} "
+                       f"with no membership change between, but missed {sorted(missed)[:5]} "
+                       "that others received")
+    return report.violations

@@ -1,0 +1,510 @@
+"""NodeSimCluster: the whole node (:class:`~ringd.core.node.NodeCore`) on every simulated host.
+
+:class:`~ringd.sim.cluster.SimCluster` drives bare Totem cores and fakes what gossip would
+tell them. Here every host runs the daemon's own node core: real SWIM/Lifeguard gossip
+(announces by multicast, probes, suspicion, push-pull) finds the members and feeds Totem
+its hints, ring eligibility and the start grace decide who joins, and simulated client
+applications use the groups API as real ones do:
+
+* every process of a node has an application (connection 1) that joins group ``g0`` at
+  start and sends the load's agreed and safe messages to it, and a second one (connection
+  2) that joins and leaves ``g0``/``g1`` now and then;
+* now and then an application is a slow reader for a while: the node is told its backlog
+  (``ClientBacklog``), as the daemon's runtime would, so flow control and the token hold
+  for slow readers run; a stopped reader reports no progress.
+
+Fault classes on top of the base scenario's (loss, duplication, reordering, partitions of
+every shape including one-way and single directed links, crashes and restarts, pauses
+past the token timeout):
+
+* **CPU starvation**: for a while a node handles its events late and in bursts (short
+  pauses back to back), as a daemon on an overloaded host does;
+* **clock drift**: every node's clock runs at its own rate and offset; the core only ever
+  sees its local clock.
+
+The history has, per process, Totem's deliveries and configurations (the EVS checker's
+input) and, per client connection, every frame it received (the group checker's input).
+One seed still reproduces a run exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import traceback
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from ringd.config import Config
+from ringd.core.events import (
+    ClientBacklog,
+    Fatal,
+    LeaveDone,
+    Log,
+    MemberChanged,
+    Multicast,
+    Persist,
+    Received,
+    Reply,
+    Send,
+    Start,
+    UserEventDelivered,
+)
+from ringd.core.groups import ToClient
+from ringd.core.node import INCARNATION, RING_SEQ, NodeCore
+from ringd.core.requests import ClientGone, JoinGroup, LeaveGroup, SendMessages
+from ringd.core.totem_events import ConfigChange, ConfigKind, Deliver, Publish, SendRefused
+from ringd.sim.checkers import FinalNode, ProcessLog, Published
+from ringd.sim.cluster import SimCluster, SimNode, SimRun
+from ringd.sim.options import SimOptions
+from ringd.sim.schedule import FAULT, HINT, TIMER, UNDO
+from ringd.sim.trace import short_repr
+from ringd.wire import Codec, decode_payload, encode_payload
+
+GROUPS = ("g0", "g1")
+PUBLISHER, CHURNER = 1, 2  # client connections of every process
+# Connection ids of one process: its incarnation in the high bits keeps them unique.
+_CONN_STRIDE = 1 << 8
+# Chance per load burst that an application joins or leaves a group.
+CHURN_PROBABILITY = 0.5
+# Chance per load burst that one node's application reads slowly for a while.
+SLOW_READER_PROBABILITY = 0.15
+SLOW_BACKLOG_BYTES = 6 << 20  # above the node core's 4 MiB threshold
+# Chance that a fault event starves a node of CPU for a while instead.
+STARVATION_PROBABILITY = 0.2
+UNDO_STARVE = 3  # beside schedule.UNDO_PARTITION/CRASH/PAUSE
+
+
+def sim_config(name: str, options: SimOptions, nodes: int) -> Config:
+    """The daemon's ``local`` preset with the simulation's Totem settings; the ring takes
+    every node unless ``options.ring_size_max`` makes some of them observers."""
+    base = Config.local()
+    ring_size_max = options.ring_size_max or max(nodes, options.totem.ring_size_max)
+    return replace(base, name=name, cluster_name="ringd-sim",
+                   totem=replace(options.totem, ring_size_max=ring_size_max))
+
+
+@dataclass(slots=True)
+class ClientLog:
+    """Every frame one client connection of one process received, in order."""
+
+    node: str
+    incarnation: int
+    conn: int
+    frames: list[dict[str, Any]] = field(default_factory=list)
+    crashed: bool = False
+
+    @property
+    def pid(self) -> str:
+        return f"{self.node}#{self.incarnation}/c{self.conn}"
+
+    @property
+    def member(self) -> str:
+        return f"{self.node}:{1000 + self.conn}"
+
+
+@dataclass(slots=True)
+class _Clock:
+    """A node's local clock: ``local = offset + rate * t`` (t: virtual time)."""
+
+    offset: float = 0.0
+    rate: float = 1.0
+
+    def local(self, t: float) -> float:
+        return self.offset + self.rate * t
+
+    def virtual(self, local: float) -> float:
+        """The first virtual time at which the local clock reads at least ``local``."""
+        t = (local - self.offset) / self.rate
+        while self.offset + self.rate * t < local:
+            t = math.nextafter(t, math.inf)
+        return t
+
+
+class NodeSimCluster(SimCluster):
+    """A seeded run of ``n`` whole nodes. Build it, call :meth:`run` once."""
+
+    def __init__(self, seed: int, n: int, options: SimOptions) -> None:
+        # Gossip is real here, and slow readers are applications (not ReadersBehind).
+        self._slow_readers = options.slow_readers
+        options = replace(options, gossip_hints=False, slow_readers=False)
+        super().__init__(seed, n, options)
+        # Drawn after every stream of the base class, so those stay what they were.
+        node_rng = random.Random(self._core_seeds.getrandbits(64))
+        self._app_rng = random.Random(node_rng.getrandbits(64))
+        drift = options.clock_drift_max
+        self._clocks = [
+            _Clock(offset=node_rng.uniform(0.0, 1000.0) if drift else 0.0,
+                   rate=1.0 + node_rng.uniform(-drift, drift))
+            for _ in self.nodes]
+        self._codec_sizes = Codec("ringd-sim")
+        self.client_logs: list[ClientLog] = []
+        self.sent: dict[tuple[str, str], set[bytes]] = {}  # (group, member) -> items sent
+        self._clients: dict[tuple[int, int], ClientLog] = {}  # (node index, conn id) -> log
+        self._request_ids = [0] * n
+        self._incarnation_stored = [-1] * n
+        self._joined: dict[tuple[int, str], bool] = {}  # (node index, group) -> churner in it
+        self._churner = [CHURNER] * n  # the churning application's current connection
+        # Totem processors of a node so far (a restart or a stay as observer ends one).
+        self._process_no = [-1] * n
+        self._active = [True] * n
+        self._starving_until = [0.0] * n
+        self._starve_rng = random.Random(node_rng.getrandbits(64))
+        self.gossip_messages = 0
+        self.totem_messages = 0
+        self.group_events = 0
+        self.client_messages_delivered = 0
+
+    # --- time -------------------------------------------------------------------------
+
+    def _handle(self, node: SimNode, event: Any) -> list[Any]:
+        core = node.core
+        self.stats.handled += 1
+        try:
+            effects = core.handle(event, self._clocks[node.index].local(self.now))
+        except Exception as exc:  # a core bug: report it with the trace, stop the run
+            self._violation("core-exception",
+                            f"{node.name}#{node.incarnation} raised {type(exc).__name__}: {exc} "
+                            f"handling {short_repr(event)}\n{traceback.format_exc(limit=-6)}")
+            self._stop = True
+            return []
+        if effects:
+            self._apply(node, effects)
+        if node.core is None:
+            return effects  # the effects ended the process (Fatal, LeaveDone)
+        if core.active is not self._active[node.index]:
+            self._totem_process_changed(node, core.active)
+        state = core.state
+        if state is not node.state:
+            self._trace_add(node.name, f"state {node.state.name if node.state else '-'} -> {state.name}",
+                            core.ring_id)
+            node.state = state
+            self.stats.states[state.name] = self.stats.states.get(state.name, 0) + 1
+        self._arm(node)
+        return effects
+
+    def _arm(self, node: SimNode) -> None:
+        deadline = node.core.next_deadline()
+        if deadline != node.timer_at:
+            node.timer_at = deadline
+            if deadline < math.inf:
+                at = self._clocks[node.index].virtual(deadline)
+                self._push(at if at > self.now else self.now, TIMER, node.index,
+                           (node.incarnation, deadline))
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def _totem_process_changed(self, node: SimNode, active: bool) -> None:
+        """The node left the ring as an observer, or took a place in it again. For the
+        checkers its Totem processor ended like a crash (what it had accepted and not
+        delivered may be lost), and a new one starts: a new process log."""
+        self._active[node.index] = active
+        self._trace_add(node.name, "joins the ring" if active else "becomes an observer")
+        if node.log is not None:
+            node.log.crashed = True
+        self._process_no[node.index] += 1
+        node.log = ProcessLog(node.name, self._process_no[node.index])
+        self._processes.append(node.log)
+
+    def _start(self, node: SimNode) -> None:
+        node.incarnation += 1
+        node.up = True
+        node.paused = False
+        node.paused_queue.clear()
+        node.timer_at = math.inf
+        node.state = None
+        index = node.index
+        self._process_no[index] += 1
+        self._active[index] = True
+        node.log = ProcessLog(node.name, self._process_no[index])
+        self._processes.append(node.log)
+        incarnation = self._incarnation_stored[index] + 1
+        self._incarnation_stored[index] = incarnation
+        rng = random.Random(self._core_seeds.getrandbits(64))
+        try:
+            node.core = NodeCore(
+                sim_config(node.name, self.options, len(self.nodes)), address=node.address, seeds=[],
+                incarnation=incarnation, ring_seq=node.ring_seq_stored, rng=rng,
+                size_of=self._codec_sizes.size_of, encode_payload=encode_payload,
+                decode_payload=decode_payload, now=self._clocks[index].local(self.now),
+                record_deliveries=True, msg_id_base=node.incarnation << 32)
+        except Exception as exc:
+            self._violation("core-exception", f"{node.name} constructor raised "
+                            f"{type(exc).__name__}: {exc}")
+            self._stop = True
+            return
+        self._trace_add(node.name, f"start #{node.incarnation} ring_seq={node.ring_seq_stored}")
+        self._churner[index] = CHURNER
+        for conn in (PUBLISHER, CHURNER):
+            self._new_client(node, conn)
+        for group in GROUPS:
+            self._joined[(index, group)] = False
+        node.state = node.core.state
+        self._handle(node, Start())
+        if node.core is not None:
+            self._request(node, JoinGroup, PUBLISHER, group=GROUPS[0])
+
+    def _crash(self, node: SimNode) -> None:
+        for log in self._clients.values():
+            if log.node == node.name and log.incarnation == node.incarnation:
+                log.crashed = True
+        super()._crash(node)
+
+    # --- client applications --------------------------------------------------------------
+
+    def _conn_id(self, node: SimNode, conn: int) -> int:
+        return node.incarnation * _CONN_STRIDE + conn
+
+    def _new_client(self, node: SimNode, conn: int) -> None:
+        log = ClientLog(node.name, node.incarnation, conn)
+        self.client_logs.append(log)
+        self._clients[(node.index, self._conn_id(node, conn))] = log
+
+    def _request(self, node: SimNode, kind: Any, conn: int, **fields: Any) -> list[Any]:
+        self._request_ids[node.index] += 1
+        request = kind(conn=self._conn_id(node, conn), pid=1000 + conn,
+                       request_id=self._request_ids[node.index], **fields)
+        return self._handle(node, request)
+
+    def _publish(self, node: SimNode, safe: bool, size: int,
+                 probe: bool) -> tuple[str, int] | None:
+        if not node.up or node.paused:
+            return None
+        rng = self._load_rng
+        start = rng.randrange(len(self._payload_block) - size + 1)
+        data = self._payload_block[start:start + size]
+        self.stats.published += 1
+        self.sent.setdefault((GROUPS[0], f"{node.name}:{1000 + PUBLISHER}"), set()).add(data)
+        effects = self._request(node, SendMessages, PUBLISHER, group=GROUPS[0], data=(data,),
+                                safe=safe)
+        for eff in effects:
+            if type(eff) is Publish and probe:
+                key = (node.name, eff.msg_id)
+                pub = self._published.get(key)
+                if pub is not None:
+                    self._published[key] = replace(pub, probe=True)
+                return key
+        return None
+
+    def _burst(self) -> None:
+        super()._burst()
+        if self._phase_liveness:
+            return
+        if self._slow_readers and self._slow_rng.random() < SLOW_READER_PROBABILITY:
+            self._slow_reader()
+        rng = self._app_rng
+        if rng.random() < CHURN_PROBABILITY:
+            node = rng.choice(self.nodes)
+            group = rng.choice(GROUPS)
+            if node.up and not node.paused:
+                churner = self._churner[node.index]
+                joined = self._joined.get((node.index, group), False)
+                if joined:
+                    self._request(node, LeaveGroup, churner, group=group)
+                else:
+                    self._request(node, JoinGroup, churner, group=group,
+                                  self_discard=rng.random() < 0.3)
+                self._joined[(node.index, group)] = not joined
+        if rng.random() < 0.05:
+            # The churning application goes away: its memberships end as "disconnect",
+            # and a new one (a new connection) takes its place.
+            node = rng.choice(self.nodes)
+            if node.up and not node.paused:
+                index = node.index
+                old = self._churner[index]
+                self._handle(node, ClientGone(conn=self._conn_id(node, old)))
+                log = self._clients.get((index, self._conn_id(node, old)))
+                if log is not None:
+                    log.crashed = True  # gone without a word: it misses what follows
+                for group in GROUPS:
+                    self._joined[(index, group)] = False
+                self._churner[index] = old + 1
+                self._new_client(node, old + 1)
+
+    def _slow_reader(self) -> None:
+        """One node's publisher application reads slowly (or stops) for a while."""
+        rng = self._slow_rng
+        node = rng.choice(self.nodes)
+        if not node.up or node.paused:
+            return
+        reading = rng.random() < 0.7
+        now_local = self._clocks[node.index].local(self.now)
+        conn = self._conn_id(node, PUBLISHER)
+        self._trace_add(node.name, f"reader {'slow' if reading else 'stopped'}")
+        self._handle(node, ClientBacklog(conn=conn, queued_bytes=SLOW_BACKLOG_BYTES,
+                                         drained_at=now_local if reading else now_local - 10.0))
+        self._push(self.now + rng.uniform(0.05, 0.5), HINT, node.index,
+                   ClientBacklog(conn=conn, queued_bytes=0, drained_at=0.0))
+
+    def _hint_still_true(self, node: SimNode, hint: Any) -> bool:
+        # The only hints here are this module's slow readers catching up.
+        self._readers_caught_up(node, hint)
+        return False
+
+    def _readers_caught_up(self, node: SimNode, event: Any) -> None:
+        if not node.up or event.conn != self._conn_id(node, PUBLISHER):
+            return  # a restarted process has a new connection
+        if node.paused:
+            self._push(self.now + 0.1, HINT, node.index, event)
+            return
+        self._trace_add(node.name, "reader caught up")
+        self._handle(node, replace(event, drained_at=self._clocks[node.index].local(self.now)))
+
+    # --- CPU starvation -------------------------------------------------------------------
+
+    def _fault(self) -> None:
+        rng = self._starve_rng
+        if (self.options.starvation and not self._phase_liveness
+                and rng.random() < STARVATION_PROBABILITY):
+            node = rng.choice(self.nodes)
+            if node.up and not node.paused:
+                until = self.now + rng.uniform(0.3, 3.0)
+                self._starving_until[node.index] = until
+                self._trace_add(node.name, f"STARVED until {until:.3f}")
+                self._starve_step(node)
+            self._push(self.now + self._fault_rng.expovariate(1.0 / self.options.fault_interval_s),
+                       FAULT, -1)
+            return
+        super()._fault()
+
+    def _starve_step(self, node: SimNode) -> None:
+        """The process gets no CPU for a slice; then it runs what piled up, in one go."""
+        rng = self._starve_rng
+        node.paused = True
+        self._push(self.now + rng.uniform(0.005, 0.12), UNDO, node.index,
+                   (UNDO_STARVE, node.incarnation))
+
+    def _undo(self, index: int, data: tuple[int, int]) -> None:
+        what, incarnation = data
+        if what != UNDO_STARVE:
+            super()._undo(index, data)
+            return
+        node = self.nodes[index]
+        if node.incarnation != incarnation or not node.up or not node.paused:
+            return
+        self._resume(node)
+        if (not self._phase_liveness and node.up and not node.paused
+                and self.now < self._starving_until[index]):
+            self._starve_step(node)
+
+    # --- effects --------------------------------------------------------------------------
+
+    def _apply(self, node: SimNode, effects: list[Any]) -> None:
+        log = node.log
+        index = node.index
+        for eff in effects:
+            tp = type(eff)
+            if tp is ToClient:
+                client = self._clients.get((index, eff.conn))
+                if client is not None:
+                    client.frames.append(eff.frame)
+                    ev = eff.frame.get("ev")
+                    if ev == "message":
+                        self.client_messages_delivered += len(eff.frame.get("data", ()))
+                    elif ev == "group":
+                        self.group_events += 1
+            elif tp is Multicast:
+                self.gossip_messages += self._is_gossip(eff.msg)
+                self.totem_messages += not self._is_gossip(eff.msg)
+                self._send(node, eff.msg, self._names, True)
+            elif tp is Send:
+                self.gossip_messages += self._is_gossip(eff.msg)
+                self.totem_messages += not self._is_gossip(eff.msg)
+                self._send(node, eff.msg, (self._names[eff.dest.port],), False)
+            elif tp is Deliver:
+                log.entries.append(eff)  # type: ignore[union-attr]
+                log.times.append(self.now)  # type: ignore[union-attr]
+                self.stats.delivered += 1
+                self._trace.append((self.now, node.name, "deliver", eff))
+            elif tp is ConfigChange:
+                log.entries.append(eff)  # type: ignore[union-attr]
+                log.times.append(self.now)  # type: ignore[union-attr]
+                self.stats.config_changes += 1
+                if eff.kind is ConfigKind.REGULAR:
+                    self.stats.regular_configs += 1
+                self._trace_add(node.name, f"config {eff.kind.value} {eff.ring_id} "
+                                f"{{{','.join(eff.members)}}}")
+            elif tp is Publish:
+                self._published[(node.name, eff.msg_id)] = Published(
+                    origin=node.name, msg_id=eff.msg_id, payload=eff.payload, safe=eff.safe,
+                    incarnation=self._process_no[index])
+            elif tp is SendRefused:
+                pub = self._published.get((node.name, eff.msg_id))
+                if pub is not None and pub.incarnation == self._process_no[index]:
+                    del self._published[(node.name, eff.msg_id)]
+                self.stats.refused += 1
+                self._trace_add(node.name, f"refused {eff.msg_id}: {eff.reason}")
+            elif tp is Persist:
+                if eff.key == RING_SEQ:
+                    if eff.value < node.ring_seq_stored:
+                        self._violation("ring-seq-monotonic",
+                                        f"{node.name}#{node.incarnation} persisted ring seq "
+                                        f"{eff.value} below the stored {node.ring_seq_stored}")
+                    node.ring_seq_stored = eff.value
+                elif eff.key == INCARNATION:
+                    self._incarnation_stored[index] = max(self._incarnation_stored[index], eff.value)
+            elif tp is MemberChanged:
+                self._trace_add(node.name, f"gossip {eff.node} {eff.old_state} -> {eff.new_state}")
+            elif tp is Reply:
+                if not eff.body.get("ok") and not eff.body.get("again") and "observer" not in str(
+                        eff.body.get("error")):
+                    # Every request of the simulated applications is well-formed.
+                    if "not a member" not in str(eff.body.get("error")) and "already joined" not in str(
+                            eff.body.get("error")):
+                        self._violation("client-reply", f"{node.name}: {eff.body}")
+            elif tp is Fatal or tp is LeaveDone:
+                self._violation("node-stopped", f"{node.name}#{node.incarnation}: {short_repr(eff)}")
+            elif tp is Log or tp is UserEventDelivered:
+                pass
+            else:
+                self._violation("unknown-effect", f"{node.name} returned {short_repr(eff)}")
+
+    @staticmethod
+    def _is_gossip(msg: Any) -> bool:
+        from ringd.core.totem import TOTEM_MESSAGE_TYPES
+
+        return type(msg) not in TOTEM_MESSAGE_TYPES
+
+    def _receive(self, node: SimNode, data: tuple[str, Any]) -> None:
+        src, msg = data
+        if self._codec is not None:
+            try:
+                sender, msg = self._codec.decode_untrusted(msg)
+            except Exception as exc:
+                self._violation("wire-decode", f"{node.name} could not decode a datagram from "
+                                f"{src}: {exc}")
+                return
+        self.stats.datagrams_delivered += 1
+        self._trace.append((self.now, node.name, "recv", (src, msg)))
+        self._handle(node, Received(msg=msg, sender=src, source=self._by_name[src].address))
+
+    def _send(self, node: SimNode, msg: Any, dests: tuple[str, ...], multicast: bool) -> None:
+        if multicast:
+            dests = tuple(d for d in dests if d != node.name)  # the core loops its own back
+        super()._send(node, msg, dests, multicast)
+
+    # --- result -------------------------------------------------------------------------
+
+    def result(self) -> SimRun:
+        run = super().result()
+        final: dict[str, FinalNode] = {}
+        for node in self.nodes:
+            if node.up and node.core is not None:
+                core = node.core
+                final[node.name] = FinalNode(node=node.name, incarnation=self._process_no[node.index],
+                                             state=core.state.name if core.active else "OBSERVER",
+                                             ring_id=core.ring_id, members=tuple(core.members))
+        run.history.final = final
+        core_stats: dict[str, Any] = {}
+        for node in self.nodes:
+            if node.core is not None:
+                core_stats[node.name] = {"node": vars_of(node.core.stats)}
+        run.core_stats = core_stats
+        return run
+
+
+def vars_of(obj: Any) -> dict[str, Any]:
+    return {name: getattr(obj, name) for name in obj.__slots__}
+
+
+__all__ = ["ClientLog", "NodeSimCluster", "sim_config"]
