@@ -221,3 +221,18 @@ def test_start_reports_self() -> None:
     first = [e for _, e in node.effects if isinstance(e, MemberChanged)][0]
     assert (first.node, first.old_state, first.new_state, first.tags) == ("me", None, "ALIVE", {"role": "x"})
     assert node.core.handle(Start(), 1.0) == []  # a second Start is a no-op
+
+
+def test_an_alone_announcer_that_we_know_alive_gets_our_state() -> None:
+    """A member restarted and the others already learned its new incarnation by gossip, but
+    it knows nobody: its announces say it is alone, and an alone announcer is answered."""
+    net = make_cluster(3, 1)
+    assert net.run_until_true(net.converged, 1.0)
+    core = net.nodes["n00"].core
+    n01 = net.nodes["n01"]
+    for alone, answered in ((False, False), (True, True)):
+        msg = Announce(address=n01.address, incarnation=n01.core.incarnation, alone=alone)
+        effects = core.handle(Received(msg=msg, sender="n01", source=n01.address), net.now)
+        push_pulls = [e for e in effects if isinstance(e, Send) and type(e.msg).__name__ == "PushPull"
+                      and e.dest == n01.address]
+        assert bool(push_pulls) is answered

@@ -36,7 +36,7 @@ def simulate(
     duration: Annotated[float, typer.Option(
         "--duration", min=0.1, help="Virtual seconds of the chaos phase of each run.")] = 10.0,
     jobs: Annotated[int, typer.Option(
-        "--jobs", min=1, max=64, help="Worker processes.")] = 1,
+        "--jobs", min=0, max=64, help="Worker processes (0: one per CPU).")] = 0,
     hostile: Annotated[bool, typer.Option(
         "--hostile", help="Harsher chaos: more faults, more loss, long delay spikes.")] = False,
     codec: Annotated[bool, typer.Option(
@@ -60,6 +60,8 @@ def simulate(
 
     Exits with status 1 if any run violates a property, printing the seed, a command that reproduces it and the end of its trace.
     """
+    if jobs == 0:
+        jobs = os.cpu_count() or 1
     if seed is None:
         seed = int.from_bytes(os.urandom(4), "big")
         count = seeds or 100

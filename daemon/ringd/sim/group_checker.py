@@ -28,6 +28,7 @@ application sent to which group. Properties, each under its own code:
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -132,9 +133,12 @@ def check_groups(histories: Iterable[ClientHistory],
             last_by_group[group] = key
             view_at_last[group] = view.get(group)
             reconfigured.discard(group)
+    ordered = {group: sorted(by_key) for group, by_key in keys.items()}
     for group, hist, prev, key in quiet_pairs:
-        missed = [k for k, member in keys[group].items()
-                  if prev < k < key and member != hist.member]
+        order = ordered[group]
+        senders = keys[group]
+        lo, hi = bisect.bisect_right(order, prev), bisect.bisect_left(order, key)
+        missed = [k for k in order[lo:hi] if senders[k] != hist.member]
         if missed:
             report.add("group-gap", f"{hist.pid} received {group} messages {prev} then {key} "
                        f"with no membership change between, but missed {sorted(missed)[:5]} "

@@ -53,6 +53,7 @@ from ringd.core.events import (
 from ringd.core.groups import ToClient
 from ringd.core.node import INCARNATION, RING_SEQ, NodeCore
 from ringd.core.requests import ClientGone, JoinGroup, LeaveGroup, SendMessages
+from ringd.core.totem import TOTEM_MESSAGE_TYPES
 from ringd.core.totem_events import ConfigChange, ConfigKind, Deliver, Publish, SendRefused
 from ringd.sim.checkers import FinalNode, ProcessLog, Published
 from ringd.sim.cluster import SimCluster, SimNode, SimRun
@@ -461,8 +462,6 @@ class NodeSimCluster(SimCluster):
 
     @staticmethod
     def _is_gossip(msg: Any) -> bool:
-        from ringd.core.totem import TOTEM_MESSAGE_TYPES
-
         return type(msg) not in TOTEM_MESSAGE_TYPES
 
     def _receive(self, node: SimNode, data: tuple[str, Any]) -> None:
