@@ -23,7 +23,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from ringd.sim.cluster import SimOptions
+from ringd.sim.cluster import WHOLE_NODE_CLOCK_DRIFT, SimOptions
 from ringd.sim.runner import RunResult, format_failure, sweep
 
 
@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-crashes", action="store_true")
     parser.add_argument("--no-pauses", action="store_true")
     parser.add_argument("--codec", action="store_true", help="pass datagrams through wire.Codec")
+    parser.add_argument("--totem-only", action="store_true",
+                        help="bare Totem cores with faked gossip hints instead of whole nodes")
     parser.add_argument("--hostile", action="store_true",
                         help="harsher chaos: more faults, more loss, long delay spikes")
     parser.add_argument("--out", type=Path, default=None, help="write a JSON summary here")
@@ -50,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     base = SimOptions.hostile() if args.hostile else SimOptions()
     options = replace(base, duration_s=args.duration, loss=args.loss,
                       partitions=not args.no_partitions, crashes=not args.no_crashes,
-                      pauses=not args.no_pauses, codec=args.codec)
+                      pauses=not args.no_pauses, codec=args.codec, whole_node=not args.totem_only,
+                      clock_drift_max=0.0 if args.totem_only else WHOLE_NODE_CLOCK_DRIFT)
     tasks = [(seed, n) for n in counts for seed in range(args.seed, args.seed + args.seeds)]
     console = Console(stderr=True)
     started = time.perf_counter()
@@ -79,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - started
 
     table = Table(title=f"simulator sweep: {done} runs in {wall:.1f}s ({done / wall:.1f} seeds/s)")
-    for col in ("nodes", "runs", "failed", "virtual s", "delivered", "config changes",
+    for col in ("nodes", "runs", "failed", "virtual s", "delivered", "client msgs", "config changes",
                 "crashes", "partitions", "pauses", "converge max s", "probe rounds max",
                 "wall s/run"):
         table.add_column(col, justify="right")
@@ -87,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         row = per_n[n]
         runs = int(row["runs"])
         table.add_row(str(n), str(runs), str(int(row["failed"])), f"{row['virtual_s']:.0f}",
-                      str(int(row["delivered"])), str(int(row["config_changes"])),
+                      str(int(row["delivered"])), str(int(row["client_messages_delivered"])),
+                      str(int(row["config_changes"])),
                       str(int(row["crashes"])), str(int(row["partitions"])),
                       str(int(row["pauses"])), f"{row['converge_max_s']:.2f}",
                       str(int(row["probe_rounds_max"])),
@@ -103,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                         "duration_s": args.duration, "loss": args.loss,
                         "partitions": not args.no_partitions, "crashes": not args.no_crashes,
                         "pauses": not args.no_pauses, "codec": args.codec,
-                        "hostile": args.hostile},
+                        "hostile": args.hostile, "whole_node": not args.totem_only},
             "per_nodes": {str(n): dict(per_n[n]) for n in counts},
             "violations_by_property": dict(props),
             "failures": failures,
@@ -124,6 +128,8 @@ def _account(row: dict[str, float], result: RunResult) -> None:
     row["crashes"] += stats["crashes"]
     row["partitions"] += stats["partitions"]
     row["pauses"] += stats["pauses"]
+    for name in ("gossip_messages", "totem_messages", "group_events", "client_messages_delivered"):
+        row[name] += stats.get(name, 0)
     row["probe_rounds_max"] = max(row.get("probe_rounds_max", 0), stats["probe_rounds"])
     if stats["converged_at_s"] is not None and stats["heal_at_s"] is not None:
         row["converge_max_s"] = max(row.get("converge_max_s", 0.0),

@@ -142,7 +142,8 @@ class GossipConfig:
 class TotemConfig:
     """Totem single-ring timings and limits (corosync ``totem_config`` names, in seconds)."""
 
-    token_timeout_s: float = knob(0.5, "token loss timeout", _positive)
+    token_timeout_s: float = knob(0.5, "token loss timeout (of a ring of two; see token_coefficient_s)", _positive)
+    token_coefficient_s: float = knob(0.03, "added to the token loss timeout (and, in proportion, to consensus) per ring member beyond two, as corosync's token_coefficient: a rotation has one hop per member", _non_negative)
     token_retransmit_s: float = knob(0.1, "resend the token when no progress seen", _positive)
     join_s: float = knob(0.05, "join message retransmit interval", _positive)
     consensus_s: float = knob(0.6, "time to reach consensus before failing silent members", _positive)

@@ -17,7 +17,7 @@ from ringd.core.events import (
     Start,
     Tick,
 )
-from ringd.messages import Address, Announce, Gossip, MemberState, Ping, Suspect
+from ringd.messages import Address, Announce, Dead, Gossip, MemberState, Ping, Suspect
 
 ALIVE, SUSPECT, DEAD, LEFT = MemberState.ALIVE, MemberState.SUSPECT, MemberState.DEAD, MemberState.LEFT
 SEEDS = range(3)
@@ -236,3 +236,40 @@ def test_an_alone_announcer_that_we_know_alive_gets_our_state() -> None:
         push_pulls = [e for e in effects if isinstance(e, Send) and type(e.msg).__name__ == "PushPull"
                       and e.dest == n01.address]
         assert bool(push_pulls) is answered
+
+
+def test_a_member_we_hold_dead_learns_it_from_our_ack() -> None:
+    """Whoever declared a member dead stops probing it, so it may never hear the news by
+    gossip; its own ping is the chance to tell it, and it refutes at once."""
+    net = make_cluster(3, 1)
+    assert net.run_until_true(net.converged, 1.0)
+    core = net.nodes["n00"].core
+    n01 = net.nodes["n01"]
+    dead = Dead(node="n01", incarnation=n01.core.incarnation, source="n02")
+    core.handle(Received(msg=Gossip(piggyback=(dead,)), sender="n02", source=net.nodes["n02"].address),
+                net.now)
+    assert net.view("n00", "n01").state is DEAD  # type: ignore[union-attr]
+    ping = Ping(seq=7, target="n00", piggyback=())
+    effects = core.handle(Received(msg=ping, sender="n01", source=n01.address), net.now)
+    (ack,) = [e.msg for e in effects if isinstance(e, Send) and type(e.msg).__name__ == "Ack"]
+    assert dead in ack.piggyback
+    before = n01.core.incarnation
+    n01.core.handle(Received(msg=ack, sender="n00", source=net.nodes["n00"].address), net.now)
+    assert n01.core.incarnation == before + 1  # refuted
+
+
+def test_a_stale_claim_about_us_makes_us_say_we_are_alive_again() -> None:
+    net = make_cluster(2, 1)
+    assert net.run_until_true(net.converged, 1.0)
+    core = net.nodes["n00"].core
+    other = net.nodes["n01"]
+    core.handle(Received(msg=Gossip(piggyback=(Suspect(node="n00", incarnation=core.incarnation,
+                                                            source="n01"),)),
+                         sender="n01", source=other.address), net.now)
+    current = core.incarnation  # refuted: one higher
+    assert core.broadcast_queue_len >= 1
+    net.run_for(5.0)  # the refutation is sent (and its retransmissions spent)
+    assert core.broadcast_queue_len == 0
+    stale = Dead(node="n00", incarnation=current - 1, source="n01")
+    core.handle(Received(msg=Gossip(piggyback=(stale,)), sender="n01", source=other.address), net.now)
+    assert core.incarnation == current and core.broadcast_queue_len == 1  # Alive queued again

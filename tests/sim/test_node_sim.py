@@ -108,3 +108,36 @@ def test_group_checker_finds_duplicates_creation_views_and_gaps() -> None:
     skipped = ClientHistory("g/1", "g:9", [transitional, _message("4.a", 1, "a:1", b"x"),
                                            _message("4.a", 3, "a:1", b"z")])
     assert check_groups([full, skipped], SENT) == []
+
+
+def _ring_formation(nodes: int, coefficient: float) -> tuple[float | None, int]:
+    """All nodes start at once, starved of CPU for 12 s: when every node first installed the
+    ring of all, and how many regular configurations any node installed after that."""
+    from ringd.core.totem_events import ConfigChange, ConfigKind
+
+    opts = replace(WHOLE, partitions=False, crashes=False, pauses=False, starvation=False,
+                   loss=0.0, duplication=0.0, load=False, stagger_start_s=0.05, duration_s=12.0,
+                   liveness=False, starve_all_until_s=12.0, starve_slice_max_s=0.08,
+                   totem=replace(WHOLE.totem, token_coefficient_s=coefficient))
+    cluster = NodeSimCluster(1, nodes, opts)
+    cluster.run()
+    firsts: list[float | None] = []
+    after = 0
+    for proc in cluster._processes:
+        regular = [t for e, t in zip(proc.entries, proc.times, strict=True)
+                   if type(e) is ConfigChange and e.kind is ConfigKind.REGULAR and t <= 12.0]
+        full = [t for e, t in zip(proc.entries, proc.times, strict=True)
+                if type(e) is ConfigChange and e.kind is ConfigKind.REGULAR and len(e.members) == nodes]
+        firsts.append(full[0] if full and full[0] <= 12.0 else None)
+        after = max(after, sum(1 for t in regular if full and t > full[0]))
+    formed = None if None in firsts else max(f for f in firsts if f is not None)
+    return formed, after
+
+
+def test_a_starved_ring_of_32_forms_and_holds_with_the_token_coefficient() -> None:
+    """The merge livelock of many loaded daemons starting together: with a fixed token
+    timeout a rotation of 32 hops, each waiting for a CPU, outlasts it and the ring never
+    forms; scaled per member (as corosync's token_coefficient) it forms and stays."""
+    assert _ring_formation(32, 0.0)[0] is None
+    formed, reconfigurations = _ring_formation(32, WHOLE.totem.token_coefficient_s)
+    assert formed is not None and formed < 10.0 and reconfigurations == 0

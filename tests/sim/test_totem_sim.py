@@ -8,11 +8,14 @@ the seed, a one-line reproduce command and the end of the trace.
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from ringd.core.totem import TotemCore
 
 pytest.importorskip("ringd.core.totem", reason="the Totem core is not written yet")
 
@@ -87,7 +90,9 @@ def test_crash_reforms_the_ring_within_token_timeout_plus_consensus(victim: str)
                       network=net)
     totem = opts.totem
     rotation_s = 5 * net.delay_max_s  # an upper bound on one token rotation
-    bound_s = totem.token_timeout_s + totem.consensus_s + 2 * rotation_s
+    # The timeouts of a 5-member ring (token_coefficient_s per member beyond two).
+    scaled = TotemCore(name="x", config=totem, rng=random.Random(0))
+    bound_s = scaled.token_timeout(5) + scaled.consensus_timeout(5) + 2 * rotation_s
     for seed in range(4):
         cluster = SimCluster(seed, 5, opts)
         cluster.begin()

@@ -211,7 +211,8 @@ class GossipCore(GossipState):
             case Ping():
                 self._apply_piggyback(msg.piggyback, now)
                 if msg.target == self.name:
-                    self._send(source, Ack(seq=msg.seq, piggyback=self._piggyback()))
+                    self._send(source, Ack(seq=msg.seq, piggyback=self._piggyback(
+                        self._tell_about_itself(sender))))
             case PingReq():
                 self._apply_piggyback(msg.piggyback, now)
                 self._on_ping_req(msg, source, now)
@@ -236,6 +237,18 @@ class GossipCore(GossipState):
                     self._stopped = True
             case _:
                 pass  # not a gossip message (Totem and others are routed elsewhere)
+
+    def _tell_about_itself(self, sender: str) -> tuple[Suspect | Dead, ...]:
+        """A member that pings us while we hold it suspect or dead learns so in our ack, so
+        it refutes at once. Gossip alone may never carry that news to it: whoever declared
+        it dead stops probing it, and the piggyback's retransmissions may have been spent
+        while the network was lossy (a live member then stays dead to us for good)."""
+        m = self._members.get(sender)
+        if m is None or m.state is MemberState.ALIVE or m.state is MemberState.LEFT:
+            return ()
+        if m.state is MemberState.DEAD:
+            return (Dead(node=sender, incarnation=m.incarnation, source=self.name),)
+        return (Suspect(node=sender, incarnation=m.incarnation, source=self.name),)
 
     def _on_ping_req(self, msg: PingReq, source: Address, now: float) -> None:
         if len(self._relays) >= RELAYS_LEN_MAX:

@@ -247,6 +247,8 @@ class GossipState:
             if self._leave is None and must_refute(self.incarnation, s.incarnation):
                 self.stats.suspicions_refuted += 1
                 self._refute(s.incarnation, now)
+            elif self._leave is None:
+                self._reassert(now)
             return
         m = self._members.get(s.node)
         if not suspect_applies(m, s.incarnation):
@@ -286,6 +288,8 @@ class GossipState:
             if self._leave is None and must_refute(self.incarnation, d.incarnation):
                 self.stats.suspicions_refuted += 1
                 self._refute(d.incarnation, now)
+            elif self._leave is None:
+                self._reassert(now)
             return
         m = self._members.get(d.node)
         if not dead_applies(m, d.incarnation):
@@ -337,6 +341,12 @@ class GossipState:
         self._awareness.apply_delta(1)
         self._log("info", "refuting", incarnation=seen_incarnation + 1, health_score=self._awareness.score)
         self._bump_incarnation(max(self.incarnation, seen_incarnation) + 1, now)
+
+    def _reassert(self, now: float) -> None:
+        """A stale claim about us (an older incarnation) still circulates: whoever sent it
+        missed our refutation (its retransmissions may all have been lost), so that news
+        goes round again. No new incarnation: the current one already outbids the claim."""
+        self._queue_update(self._own_alive(), now)
 
     def _bump_incarnation(self, incarnation: int, now: float) -> None:
         self.incarnation = incarnation

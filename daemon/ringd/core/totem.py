@@ -211,6 +211,19 @@ class TotemCore(ReceiveMixin, GatherCommitMixin):
         self.stats.send_queue_len = len(self.queue)
         return out
 
+    def token_timeout(self, members: int) -> float:
+        """Token loss timeout for a ring of ``members``: ``token_timeout_s`` plus
+        ``token_coefficient_s`` per member beyond two (corosync's token_coefficient). A
+        rotation takes one hop per member, and on a busy host each hop can wait for a CPU:
+        a fixed timeout that suits 3 members makes a ring of 32 lose a healthy token."""
+        cfg = self.config
+        return cfg.token_timeout_s + cfg.token_coefficient_s * max(0, members - 2)
+
+    def consensus_timeout(self, members: int) -> float:
+        """``consensus_s`` scaled like the token timeout (it keeps its ratio to it)."""
+        cfg = self.config
+        return cfg.consensus_s * self.token_timeout(members) / cfg.token_timeout_s
+
     def next_deadline(self) -> float:
         """When the core next needs a :class:`Tick` (absolute; ``math.inf`` if never)."""
         if self._self_msg is not None or self._startup_effects:
@@ -266,14 +279,15 @@ class TotemCore(ReceiveMixin, GatherCommitMixin):
         self._stop_token_timers()
         self._count_entry(State.GATHER, reason)
         self.stats.bump(self.stats.gather_entered, reason.value)
-        self._consensus_at = self._now + self.config.consensus_s
+        self._consensus_at = self._now + self.consensus_timeout(len(ms.proc - ms.fail))
         self._send_join(out)
         self._check_consensus(out)
 
     def _enter_commit(self, reason: Reason) -> None:
         self._join_at = math.inf
         self._consensus_at = math.inf
-        self._token_loss_at = self._now + self.config.token_timeout_s
+        ms = self.membership
+        self._token_loss_at = self._now + self.token_timeout(len(ms.proc - ms.fail))
         self._count_entry(State.COMMIT, reason)
 
     def _enter_recovery(self, reason: Reason, token: CommitToken) -> None:
@@ -281,7 +295,7 @@ class TotemCore(ReceiveMixin, GatherCommitMixin):
         self.new_ring = Ring(ring_id=token.ring_id, members=token.members, me=self.name,
                              config=self.config, stats=self.stats)
         self.recovery = plan_recovery(self.entries, self.name, self.ring)
-        self._token_loss_at = self._now + self.config.token_timeout_s
+        self._token_loss_at = self._now + self.token_timeout(len(token.members))
         self._count_entry(State.RECOVERY, reason)
 
     def _enter_operational(self, reason: Reason, out: list) -> None:
@@ -382,7 +396,7 @@ class TotemCore(ReceiveMixin, GatherCommitMixin):
                                                             token_seq=token.token_seq)))
             return
         self._holder = None
-        self._token_loss_at = self._now + self.config.token_timeout_s
+        self._token_loss_at = self._now + self.token_timeout(len(ring.members))
         self._retransmit_at = math.inf
         self._last_sent = None
         if state is State.RECOVERY:

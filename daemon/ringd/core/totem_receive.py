@@ -164,7 +164,7 @@ class ReceiveMixin:
         assert ring is not None
         if msg.ring_id == ring.ring_id:
             # A member holds the idle token: the ring is alive.
-            self._token_loss_at = self._now + self.config.token_timeout_s
+            self._token_loss_at = self._now + self.token_timeout(len(ring.members))
             self._holder = sender
             if self._last_sent is not None and self._last_sent[0] == sender:
                 self._retransmit_at = math.inf

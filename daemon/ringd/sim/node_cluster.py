@@ -73,7 +73,7 @@ SLOW_READER_PROBABILITY = 0.15
 SLOW_BACKLOG_BYTES = 6 << 20  # above the node core's 4 MiB threshold
 # Chance that a fault event starves a node of CPU for a while instead.
 STARVATION_PROBABILITY = 0.2
-UNDO_STARVE = 3  # beside schedule.UNDO_PARTITION/CRASH/PAUSE
+UNDO_STARVE, STARVE_AGAIN = 3, 4  # beside schedule.UNDO_PARTITION/CRASH/PAUSE
 
 
 def sim_config(name: str, options: SimOptions, nodes: int) -> Config:
@@ -244,6 +244,10 @@ class NodeSimCluster(SimCluster):
         self._handle(node, Start())
         if node.core is not None:
             self._request(node, JoinGroup, PUBLISHER, group=GROUPS[0])
+        if self.now < self.options.starve_all_until_s and node.up and not node.paused:
+            # Many daemons starting at once on one host: all of them short of CPU.
+            self._starving_until[index] = self.options.starve_all_until_s
+            self._starve_step(node)
 
     def _crash(self, node: SimNode) -> None:
         for log in self._clients.values():
@@ -372,21 +376,33 @@ class NodeSimCluster(SimCluster):
         """The process gets no CPU for a slice; then it runs what piled up, in one go."""
         rng = self._starve_rng
         node.paused = True
-        self._push(self.now + rng.uniform(0.005, 0.12), UNDO, node.index,
+        self._push(self.now + rng.uniform(0.001, self.options.starve_slice_max_s), UNDO, node.index,
                    (UNDO_STARVE, node.incarnation))
 
     def _undo(self, index: int, data: tuple[int, int]) -> None:
         what, incarnation = data
-        if what != UNDO_STARVE:
+        if what not in (UNDO_STARVE, STARVE_AGAIN):
             super()._undo(index, data)
             return
         node = self.nodes[index]
-        if node.incarnation != incarnation or not node.up or not node.paused:
+        if node.incarnation != incarnation or not node.up:
+            return
+        if what == STARVE_AGAIN:
+            if not node.paused and not self._phase_liveness and self.now < self._starving_until[index]:
+                self._starve_step(node)
+            return
+        if not node.paused:
             return
         self._resume(node)
-        if (not self._phase_liveness and node.up and not node.paused
-                and self.now < self._starving_until[index]):
-            self._starve_step(node)
+        # It runs for a moment: what piled up (above), its due timers, then new events.
+        if node.up and node.core is not None and node.core.next_deadline() <= self._local_now(node):
+            self._tick(node)
+        if node.up and not node.paused:
+            self._push(self.now + self._starve_rng.uniform(0.0005, 0.003), UNDO, index,
+                       (STARVE_AGAIN, node.incarnation))
+
+    def _local_now(self, node: SimNode) -> float:
+        return self._clocks[node.index].local(self.now)
 
     # --- effects --------------------------------------------------------------------------
 

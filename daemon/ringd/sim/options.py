@@ -59,6 +59,8 @@ class SimOptions:
     starvation: bool = True  # whole node: a node now and then handles events late, in bursts
     clock_drift_max: float = 0.0  # whole node: each clock's rate is 1 +- up to this
     ring_size_max: int | None = None  # whole node: None = every node may be in the ring
+    starve_all_until_s: float = 0.0  # whole node: every node is CPU-starved from its start until then
+    starve_slice_max_s: float = 0.06  # whole node: longest a starved node waits for the CPU
     totem: TotemConfig = SIM_TOTEM
     network: NetworkOptions = NetworkOptions()
     trace_len: int = 300
@@ -76,14 +78,18 @@ class SimOptions:
         base.update(overrides)
         return cls(**base)
 
-    def liveness_bound_s(self) -> float:
-        """Virtual time allowed after the heal for the ring to re-form and drain probes."""
+    def liveness_bound_s(self, nodes: int = 2) -> float:
+        """Virtual time allowed after the heal for a ring of ``nodes`` to re-form and drain
+        probes."""
         if self.liveness_s is not None:
             return self.liveness_s
         t = self.totem
         # Token loss, then a few Gather/Commit rounds (each bounded by consensus), then
-        # recovery; a member held out as flapping waits flap_stable_s first.
-        bound = t.flap_stable_s + 4 * (t.token_timeout_s + t.consensus_s) + 2.0
+        # recovery; a member held out as flapping waits flap_stable_s first. Both timeouts
+        # grow with the ring (token_coefficient_s).
+        token = t.token_timeout_s + t.token_coefficient_s * max(0, nodes - 2)
+        consensus = t.consensus_s * token / t.token_timeout_s
+        bound = t.flap_stable_s + 4 * (token + consensus) + 2.0
         if self.whole_node:
             # Real gossip must first see the restarted and the healed nodes alive again.
             bound += WHOLE_NODE_GOSSIP_ALLOWANCE_S

@@ -207,7 +207,7 @@ class ScenarioMixin:
         if not self.options.liveness:
             self._stop = True
             return
-        self._push(self.now + self.options.liveness_bound_s(), DEADLINE, -1)
+        self._push(self.now + self.options.liveness_bound_s(len(self.nodes)), DEADLINE, -1)
         self._push(self.now + 0.05, CHECK, -1)
 
     def _converged(self: SimCluster, names: tuple[str, ...] | None = None) -> bool:
@@ -270,5 +270,5 @@ class ScenarioMixin:
 
     def _liveness_deadline(self: SimCluster) -> None:
         # The checker explains what is missing; here we only stop the run.
-        self._trace_add("-", f"LIVENESS DEADLINE after {self.options.liveness_bound_s():.1f}s")
+        self._trace_add("-", f"LIVENESS DEADLINE after {self.options.liveness_bound_s(len(self.nodes)):.1f}s")
         self._stop = True
