@@ -22,7 +22,7 @@ def test_lan_preset_differs_from_local() -> None:
     lan, local = load_config(env={}, overrides={"preset": "lan"}), load_config(env={})
     assert lan.gossip.probe_interval_s > local.gossip.probe_interval_s
     assert lan.totem.token_timeout_s > local.totem.token_timeout_s
-    assert lan.totem.ring_size_max == 16 and local.totem.ring_size_max == 8
+    assert lan.totem.ring_size_max == 32 and local.totem.ring_size_max == 16
 
 
 def test_precedence_file_env_flags(tmp_path: Path) -> None:

@@ -315,7 +315,7 @@ class SimCluster(ScenarioMixin):
         core = node.core
         self.stats.handled += 1
         try:
-            effects = core.handle(event, self.now)
+            effects = core.handle(event, self._core_now(node))
         except Exception as exc:  # a core bug: report it with the trace, stop the run
             self._violation("core-exception",
                             f"{node.name}#{node.incarnation} raised {type(exc).__name__}: {exc} "
@@ -324,6 +324,9 @@ class SimCluster(ScenarioMixin):
             return []
         if effects:
             self._apply(node, effects)
+        if node.core is not core:
+            return effects  # the effects ended the process
+        self._observe(node)
         state = core.state
         if state is not node.state:  # enum members are singletons: identity is enough
             name = state.name
@@ -334,13 +337,25 @@ class SimCluster(ScenarioMixin):
         self._arm(node)
         return effects
 
+    def _core_now(self, node: SimNode) -> float:
+        """The time ``node``'s core is told (its local clock: a subclass may drift it)."""
+        return self.now
+
+    def _virtual_at(self, node: SimNode, deadline: float) -> float:
+        """The virtual time at which ``node``'s clock reads ``deadline``."""
+        return deadline
+
+    def _observe(self, node: SimNode) -> None:
+        """After each input a node handled (a subclass watches its core here)."""
+
     def _arm(self, node: SimNode) -> None:
         deadline = node.core.next_deadline()
         if deadline != node.timer_at:
             node.timer_at = deadline
             if deadline < math.inf:
-                at = deadline if deadline > self.now else self.now
-                self._push(at, TIMER, node.index, (node.incarnation, deadline))
+                at = self._virtual_at(node, deadline)
+                self._push(at if at > self.now else self.now, TIMER, node.index,
+                           (node.incarnation, deadline))
 
     def _tick(self, node: SimNode) -> None:
         self.stats.ticks += 1
@@ -365,34 +380,45 @@ class SimCluster(ScenarioMixin):
                 self._send(node, eff.msg, self._names, True)
             elif tp is SendTo:
                 self._send(node, eff.msg, (eff.dest,), False)
-            elif tp is Deliver:
-                log.entries.append(eff)  # type: ignore[union-attr]
-                log.times.append(self.now)  # type: ignore[union-attr]
-                self.stats.delivered += 1
-                self._trace.append((self.now, node.name, "deliver", eff))
-            elif tp is ConfigChange:
-                log.entries.append(eff)  # type: ignore[union-attr]
-                log.times.append(self.now)  # type: ignore[union-attr]
-                self.stats.config_changes += 1
-                if eff.kind is ConfigKind.REGULAR:
-                    self.stats.regular_configs += 1
-                self._trace_add(node.name, f"config {eff.kind.value} {eff.ring_id} "
-                                f"{{{','.join(eff.members)}}}")
+            elif tp is Deliver or tp is ConfigChange:
+                self._record(node, log, eff)  # type: ignore[arg-type]
             elif tp is PersistRingSeq:
-                if eff.seq < node.ring_seq_stored:
-                    self._violation("ring-seq-monotonic",
-                                    f"{node.name}#{node.incarnation} persisted ring seq {eff.seq} "
-                                    f"below the stored {node.ring_seq_stored}")
-                node.ring_seq_stored = eff.seq
+                self._ring_seq_persisted(node, eff.seq)
             elif tp is SendRefused:
-                key = (node.name, eff.msg_id)
-                pub = self._published.get(key)
-                if pub is not None and pub.incarnation == node.incarnation:
-                    del self._published[key]
-                self.stats.refused += 1
-                self._trace_add(node.name, f"refused {eff.msg_id}: {eff.reason}")
+                self._refused(node, eff, node.incarnation)
             else:
                 self._violation("unknown-effect", f"{node.name} returned {short_repr(eff)}")
+
+    def _record(self, node: SimNode, log: ProcessLog, eff: Deliver | ConfigChange) -> None:
+        """A delivery or configuration of ``node``'s process: the EVS checker's input."""
+        log.entries.append(eff)
+        log.times.append(self.now)
+        if type(eff) is Deliver:
+            self.stats.delivered += 1
+            self._trace.append((self.now, node.name, "deliver", eff))
+            return
+        assert type(eff) is ConfigChange
+        self.stats.config_changes += 1
+        if eff.kind is ConfigKind.REGULAR:
+            self.stats.regular_configs += 1
+        self._trace_add(node.name, f"config {eff.kind.value} {eff.ring_id} "
+                        f"{{{','.join(eff.members)}}}")
+
+    def _ring_seq_persisted(self, node: SimNode, seq: int) -> None:
+        if seq < node.ring_seq_stored:
+            self._violation("ring-seq-monotonic",
+                            f"{node.name}#{node.incarnation} persisted ring seq {seq} "
+                            f"below the stored {node.ring_seq_stored}")
+        node.ring_seq_stored = seq
+
+    def _refused(self, node: SimNode, eff: SendRefused, process: int) -> None:
+        """A publish the core refused is not an accepted message (if that process made it)."""
+        key = (node.name, eff.msg_id)
+        pub = self._published.get(key)
+        if pub is not None and pub.incarnation == process:
+            del self._published[key]
+        self.stats.refused += 1
+        self._trace_add(node.name, f"refused {eff.msg_id}: {eff.reason}")
 
     def _send(self, node: SimNode, msg: Any, dests: tuple[str, ...], multicast: bool) -> None:
         ring_id = getattr(msg, "ring_id", None)
@@ -453,12 +479,10 @@ class SimCluster(ScenarioMixin):
         node.paused_queue.clear()
         node.timer_at = math.inf
         node.state = None
-        node.log = ProcessLog(node.name, node.incarnation)
-        self._processes.append(node.log)
+        self._new_process_log(node, node.incarnation)
         rng = random.Random(self._core_seeds.getrandbits(64))
         try:
-            node.core = self._factory(name=node.name, config=self.options.totem, rng=rng,
-                                      ring_seq=node.ring_seq_stored, now=self.now)
+            node.core = self._make_core(node, rng)
         except Exception as exc:
             self._violation("core-exception", f"{node.name} constructor raised "
                             f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=-4)}")
@@ -467,6 +491,18 @@ class SimCluster(ScenarioMixin):
         self._trace_add(node.name, f"start #{node.incarnation} ring_seq={node.ring_seq_stored}")
         node.state = node.core.state
         self._arm(node)
+        self._started(node)
+
+    def _new_process_log(self, node: SimNode, process: int) -> None:
+        node.log = ProcessLog(node.name, process)
+        self._processes.append(node.log)
+
+    def _make_core(self, node: SimNode, rng: random.Random) -> Any:
+        return self._factory(name=node.name, config=self.options.totem, rng=rng,
+                             ring_seq=node.ring_seq_stored, now=self.now)
+
+    def _started(self, node: SimNode) -> None:
+        """Right after a (re)start: gossip's hints about the others, here faked."""
         if self.options.gossip_hints:
             # Gossip discovers the others (and they us) a little later.
             for other in self.nodes:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import math
 import random
-import traceback
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -44,7 +43,6 @@ from ringd.core.events import (
     MemberChanged,
     Multicast,
     Persist,
-    Received,
     Reply,
     Send,
     Start,
@@ -54,11 +52,11 @@ from ringd.core.groups import ToClient
 from ringd.core.node import INCARNATION, RING_SEQ, NodeCore
 from ringd.core.requests import ClientGone, JoinGroup, LeaveGroup, SendMessages
 from ringd.core.totem import TOTEM_MESSAGE_TYPES
-from ringd.core.totem_events import ConfigChange, ConfigKind, Deliver, Publish, SendRefused
-from ringd.sim.checkers import FinalNode, ProcessLog, Published
+from ringd.core.totem_events import ConfigChange, Deliver, Publish, SendRefused
+from ringd.sim.checkers import FinalNode, Published
 from ringd.sim.cluster import SimCluster, SimNode, SimRun
 from ringd.sim.options import SimOptions
-from ringd.sim.schedule import FAULT, HINT, TIMER, UNDO
+from ringd.sim.schedule import FAULT, HINT, UNDO
 from ringd.sim.trace import short_repr
 from ringd.wire import Codec, decode_payload, encode_payload
 
@@ -158,40 +156,15 @@ class NodeSimCluster(SimCluster):
 
     # --- time -------------------------------------------------------------------------
 
-    def _handle(self, node: SimNode, event: Any) -> list[Any]:
-        core = node.core
-        self.stats.handled += 1
-        try:
-            effects = core.handle(event, self._clocks[node.index].local(self.now))
-        except Exception as exc:  # a core bug: report it with the trace, stop the run
-            self._violation("core-exception",
-                            f"{node.name}#{node.incarnation} raised {type(exc).__name__}: {exc} "
-                            f"handling {short_repr(event)}\n{traceback.format_exc(limit=-6)}")
-            self._stop = True
-            return []
-        if effects:
-            self._apply(node, effects)
-        if node.core is None:
-            return effects  # the effects ended the process (Fatal, LeaveDone)
-        if core.active is not self._active[node.index]:
-            self._totem_process_changed(node, core.active)
-        state = core.state
-        if state is not node.state:
-            self._trace_add(node.name, f"state {node.state.name if node.state else '-'} -> {state.name}",
-                            core.ring_id)
-            node.state = state
-            self.stats.states[state.name] = self.stats.states.get(state.name, 0) + 1
-        self._arm(node)
-        return effects
+    def _core_now(self, node: SimNode) -> float:
+        return self._clocks[node.index].local(self.now)
 
-    def _arm(self, node: SimNode) -> None:
-        deadline = node.core.next_deadline()
-        if deadline != node.timer_at:
-            node.timer_at = deadline
-            if deadline < math.inf:
-                at = self._clocks[node.index].virtual(deadline)
-                self._push(at if at > self.now else self.now, TIMER, node.index,
-                           (node.incarnation, deadline))
+    def _virtual_at(self, node: SimNode, deadline: float) -> float:
+        return self._clocks[node.index].virtual(deadline)
+
+    def _observe(self, node: SimNode) -> None:
+        if node.core.active is not self._active[node.index]:
+            self._totem_process_changed(node, node.core.active)
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -203,44 +176,32 @@ class NodeSimCluster(SimCluster):
         self._trace_add(node.name, "joins the ring" if active else "becomes an observer")
         if node.log is not None:
             node.log.crashed = True
-        self._process_no[node.index] += 1
-        node.log = ProcessLog(node.name, self._process_no[node.index])
-        self._processes.append(node.log)
+        self._new_process_log(node, -1)
 
-    def _start(self, node: SimNode) -> None:
-        node.incarnation += 1
-        node.up = True
-        node.paused = False
-        node.paused_queue.clear()
-        node.timer_at = math.inf
-        node.state = None
+    def _new_process_log(self, node: SimNode, process: int) -> None:
+        # Numbered per node across restarts and stays as an observer, not by incarnation.
+        self._process_no[node.index] += 1
+        super()._new_process_log(node, self._process_no[node.index])
+
+    def _make_core(self, node: SimNode, rng: random.Random) -> NodeCore:
         index = node.index
-        self._process_no[index] += 1
         self._active[index] = True
-        node.log = ProcessLog(node.name, self._process_no[index])
-        self._processes.append(node.log)
         incarnation = self._incarnation_stored[index] + 1
         self._incarnation_stored[index] = incarnation
-        rng = random.Random(self._core_seeds.getrandbits(64))
-        try:
-            node.core = NodeCore(
-                sim_config(node.name, self.options, len(self.nodes)), address=node.address, seeds=[],
-                incarnation=incarnation, ring_seq=node.ring_seq_stored, rng=rng,
-                size_of=self._codec_sizes.size_of, encode_payload=encode_payload,
-                decode_payload=decode_payload, now=self._clocks[index].local(self.now),
-                record_deliveries=True, msg_id_base=node.incarnation << 32)
-        except Exception as exc:
-            self._violation("core-exception", f"{node.name} constructor raised "
-                            f"{type(exc).__name__}: {exc}")
-            self._stop = True
-            return
-        self._trace_add(node.name, f"start #{node.incarnation} ring_seq={node.ring_seq_stored}")
+        return NodeCore(
+            sim_config(node.name, self.options, len(self.nodes)), address=node.address, seeds=[],
+            incarnation=incarnation, ring_seq=node.ring_seq_stored, rng=rng,
+            size_of=self._codec_sizes.size_of, encode_payload=encode_payload,
+            decode_payload=decode_payload, now=self._core_now(node), record_deliveries=True,
+            msg_id_base=node.incarnation << 32)
+
+    def _started(self, node: SimNode) -> None:
+        index = node.index
         self._churner[index] = CHURNER
         for conn in (PUBLISHER, CHURNER):
             self._new_client(node, conn)
         for group in GROUPS:
             self._joined[(index, group)] = False
-        node.state = node.core.state
         self._handle(node, Start())
         if node.core is not None:
             self._request(node, JoinGroup, PUBLISHER, group=GROUPS[0])
@@ -428,36 +389,17 @@ class NodeSimCluster(SimCluster):
                 self.gossip_messages += self._is_gossip(eff.msg)
                 self.totem_messages += not self._is_gossip(eff.msg)
                 self._send(node, eff.msg, (self._names[eff.dest.port],), False)
-            elif tp is Deliver:
-                log.entries.append(eff)  # type: ignore[union-attr]
-                log.times.append(self.now)  # type: ignore[union-attr]
-                self.stats.delivered += 1
-                self._trace.append((self.now, node.name, "deliver", eff))
-            elif tp is ConfigChange:
-                log.entries.append(eff)  # type: ignore[union-attr]
-                log.times.append(self.now)  # type: ignore[union-attr]
-                self.stats.config_changes += 1
-                if eff.kind is ConfigKind.REGULAR:
-                    self.stats.regular_configs += 1
-                self._trace_add(node.name, f"config {eff.kind.value} {eff.ring_id} "
-                                f"{{{','.join(eff.members)}}}")
+            elif tp is Deliver or tp is ConfigChange:
+                self._record(node, log, eff)  # type: ignore[arg-type]
             elif tp is Publish:
                 self._published[(node.name, eff.msg_id)] = Published(
                     origin=node.name, msg_id=eff.msg_id, payload=eff.payload, safe=eff.safe,
                     incarnation=self._process_no[index])
             elif tp is SendRefused:
-                pub = self._published.get((node.name, eff.msg_id))
-                if pub is not None and pub.incarnation == self._process_no[index]:
-                    del self._published[(node.name, eff.msg_id)]
-                self.stats.refused += 1
-                self._trace_add(node.name, f"refused {eff.msg_id}: {eff.reason}")
+                self._refused(node, eff, self._process_no[index])
             elif tp is Persist:
                 if eff.key == RING_SEQ:
-                    if eff.value < node.ring_seq_stored:
-                        self._violation("ring-seq-monotonic",
-                                        f"{node.name}#{node.incarnation} persisted ring seq "
-                                        f"{eff.value} below the stored {node.ring_seq_stored}")
-                    node.ring_seq_stored = eff.value
+                    self._ring_seq_persisted(node, eff.value)
                 elif eff.key == INCARNATION:
                     self._incarnation_stored[index] = max(self._incarnation_stored[index], eff.value)
             elif tp is MemberChanged:
@@ -479,19 +421,6 @@ class NodeSimCluster(SimCluster):
     @staticmethod
     def _is_gossip(msg: Any) -> bool:
         return type(msg) not in TOTEM_MESSAGE_TYPES
-
-    def _receive(self, node: SimNode, data: tuple[str, Any]) -> None:
-        src, msg = data
-        if self._codec is not None:
-            try:
-                sender, msg = self._codec.decode_untrusted(msg)
-            except Exception as exc:
-                self._violation("wire-decode", f"{node.name} could not decode a datagram from "
-                                f"{src}: {exc}")
-                return
-        self.stats.datagrams_delivered += 1
-        self._trace.append((self.now, node.name, "recv", (src, msg)))
-        self._handle(node, Received(msg=msg, sender=src, source=self._by_name[src].address))
 
     def _send(self, node: SimNode, msg: Any, dests: tuple[str, ...], multicast: bool) -> None:
         if multicast:
