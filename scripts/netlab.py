@@ -71,7 +71,8 @@ def log(msg: str) -> None:
 def run(*cmd: str, check: bool = True, input_text: str | None = None) -> subprocess.CompletedProcess[str]:
     r = subprocess.run(list(cmd), capture_output=True, text=True, timeout=CMD_TIMEOUT_S, input=input_text)
     if check and r.returncode != 0:
-        raise LabError(f"{' '.join(cmd)}: {(r.stderr.strip() or 'exit %d' % r.returncode).splitlines()[0]}")
+        why = (r.stderr.strip() or f"exit {r.returncode}").splitlines()[0]
+        raise LabError(f"{' '.join(cmd)}: {why}")
     return r
 
 
@@ -198,7 +199,7 @@ def make_fault(name: str, rng: random.Random, nodes: int, start: float, end: flo
 
 
 def schedule(names: list[str], rng: random.Random, nodes: int, duration: float, first_at: float | None,
-             loss: float) -> list[Fault]:
+             loss: float, count_max: int | None = None) -> list[Fault]:
     """Faults one after another until 3 s before the end: quiet 2-5 s, fault 3-8 s (pauses
     1.5-4 s, longer than the lan token timeout of 1 s; bridge flaps 1-3 s), then heal."""
     out: list[Fault] = []
@@ -208,7 +209,7 @@ def schedule(names: list[str], rng: random.Random, nodes: int, duration: float, 
     while True:
         name = rng.choice(names)
         span = {"pause": rng.uniform(1.5, 4), "bridge-flap": rng.uniform(1, 3)}.get(name, rng.uniform(3, 8))
-        if t + span > duration - 3:
+        if t + span > duration - 3 or (count_max is not None and len(out) >= count_max):
             break
         out.append(make_fault(name, rng, nodes, t, t + span, loss))
         t += span + rng.uniform(2, 5)
@@ -523,7 +524,7 @@ class RingdLab:
     def run(self) -> dict[str, Any]:
         a = self.args
         rng = random.Random(f"{a.seed}-{self.loss}")
-        faults = schedule(a.nemesis, rng, a.nodes, a.duration, a.nemesis_start, self.loss)
+        faults = schedule(a.nemesis, rng, a.nodes, a.duration, a.nemesis_start, self.loss, a.nemesis_count)
         try:
             self.net.up()
             for n in self.nodes:
@@ -632,6 +633,7 @@ class RingdLab:
             SubscriberLog,
             build_history,
             check_group_sync,
+            group_view_splits,
             parse_payload,
         )
         from ringd.sim.checkers import FinalNode, check_liveness, check_safety
@@ -691,6 +693,9 @@ class RingdLab:
                             delivered[sub.node].add(key)
                             lat.append((r["t"] - p[2]) / 1e6)
         lat.sort()
+        by_prop: dict[str, int] = {}
+        for v in violations:
+            by_prop[v.prop] = by_prop.get(v.prop, 0) + 1
 
         def q(f: float) -> float | None:
             return round(lat[min(len(lat) - 1, int(f * len(lat)))], 2) if lat else None
@@ -718,6 +723,10 @@ class RingdLab:
             "latency_p50_ms": q(0.5),
             "latency_p99_ms": q(0.99),
             "violations": [str(v) for v in violations[:20]],
+            "violations_by_property": by_prop,
+            # Report only (see ringd.lab_history.group_view_splits): messages delivered
+            # under different group views at different subscribers, after merges.
+            "group_view_splits": group_view_splits(subs),
             "faults": [f.describe() for f in faults],
             "liveness_heal_s": round(heal_s, 2) if heal_s is not None else None,
             "unacked_delivered": lab.unacked_delivered,
@@ -782,8 +791,8 @@ class CorosyncLab:
     def run(self, anchors: Path) -> dict[str, Any]:
         a = self.args
         rng = random.Random(f"{a.seed}-{self.loss}")
-        names = [n for n in a.nemesis]
-        faults = schedule(names, rng, a.nodes, a.duration, a.nemesis_start, self.loss)
+        names = list(a.nemesis)
+        faults = schedule(names, rng, a.nodes, a.duration, a.nemesis_start, self.loss, a.nemesis_count)
         skipped = [f.describe() for f in faults if not (f.cuts or f.link_loss or f.name == "bridge-flap")]
         # Only the network faults are replayed against Corosync (same times, same cuts).
         faults = [f for f in faults if f.cuts or f.link_loss or f.name == "bridge-flap"]
@@ -947,6 +956,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="fault to inject (repeatable); faults follow each other on a seeded schedule")
     p.add_argument("--nemesis-start", type=float, default=None,
                    help="seconds into the workload of the first fault (default: seeded 2-5 s)")
+    p.add_argument("--nemesis-count", type=int, default=None, help="at most this many faults")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--rate", type=float, default=20.0, help="send calls per second per node")
     p.add_argument("--daemon-set", action="append", default=[], metavar="KEY=VALUE",

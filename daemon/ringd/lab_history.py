@@ -211,103 +211,141 @@ def _config_key(r: dict[str, Any]) -> tuple[str, str, tuple[str, ...]]:
     return (r["kind"], r["ring"], tuple(sorted(r["members"])))
 
 
+@dataclass(slots=True)
+class _Segment:
+    pid: str
+    key: tuple[Any, Any]  # ((via transitional, opening configuration), closing or None)
+    start_view: tuple[str, ...] | None  # the group's members when the segment opened
+    end_view: tuple[str, ...] | None
+    items: list[Item]
+    whole: bool  # the subscriber saw the opening configuration installed
+
+
+def _segments(sub: SubscriberLog, settled: bool) -> list[_Segment]:
+    cut, kept = sub.observed()
+    pid = f"{sub.node}#{sub.incarnation}"
+    ended = sub.crashed or any(r.get("ev") == "end" and r.get("why") != "stopped" for r in sub.records)
+    view: tuple[str, ...] | None = None
+    for r in cut:
+        if r["ev"] == "group":
+            view = tuple(r["members"])
+    out: list[_Segment] = []
+    opening: Any = None
+    via: Any = None  # the transitional configuration before the opening regular one
+    items: list[Item] = []
+    start_view = view
+    for r in kept:
+        if r["ev"] == "config":
+            if opening is not None:
+                # A restarted subscriber's log starts at a configuration it saw installed;
+                # a first incarnation's first configuration was joined part-way.
+                whole = bool(out) or sub.incarnation > 0
+                out.append(_Segment(pid, ((via, opening), _config_key(r)), start_view, view, items, whole))
+            via = opening if r["kind"] == "regular" and opening is not None and opening[0] == "transitional" else None
+            opening = _config_key(r)
+            items = []
+            start_view = view
+        else:
+            items.extend(_items(r))
+            if r["ev"] == "group":
+                view = tuple(r["members"])
+    if opening is not None and settled and not ended:
+        # Up to the last probe only: the lab stops subscribers one after another, and the
+        # others see those departures.
+        probes = [i for i, it in enumerate(items) if it[0] == "msg" and str(it[4]).endswith(".probe")]
+        items = items[:probes[-1] + 1] if probes else []
+        view = start_view
+        for it in items:
+            if it[0] == "group":
+                view = it[2]
+        out.append(_Segment(pid, ((via, opening), None), start_view, view, items,
+                            bool(out) or sub.incarnation > 0))
+    return out
+
+
 def check_group_sync(subs: Iterable[SubscriberLog], settled: bool = True) -> list[Violation]:
     """Every subscriber of the group sees the same messages and group events between the
     same two configurations.
 
     Per subscriber, its log (after :meth:`SubscriberLog.observed`) is cut at every
     configuration into segments keyed by (how it entered the opening configuration, the
-    closing configuration or None for the end of the run). Entering a regular configuration
-    is keyed with the transitional one it came through: subscribers that move together see
-    the same events, but after a merge each side learns the other side's members (its own
-    group events, as with Corosync CPG), so subscribers from different sides are held only
-    to the same messages and the same group view at the end of the segment.
+    closing configuration or None for the end of the run); entering a regular configuration
+    is keyed with the transitional one it came through. Subscribers that start a segment
+    with the same key and the same group view must see exactly the same messages and group
+    events in it. After a merge the sides start with different views and each learns the
+    other side's members (its own group events, as with Corosync CPG): subscribers in the
+    same segment with different views or entries are held to the same messages and the
+    same group view at its end.
 
-    Segments with the same key must be equal when both subscribers saw the opening
-    configuration installed; a subscriber that joined inside it (its first segment) must
-    have seen a suffix of what a full observer saw. Open segments (the run ended in them)
-    are compared only when ``settled`` (the lab waited until probe messages reached
-    everybody), and not for a subscriber whose daemon crashed or whose connection was lost,
-    whose log may stop anywhere; they end at the last probe message.
+    A subscriber that joined inside a configuration (its first segment) must have seen a
+    suffix of what a full observer saw. Open segments (the run ended in them) are compared
+    only when ``settled`` (the lab waited until probe messages reached everybody), up to the
+    last probe, and not for a subscriber whose daemon crashed or whose connection was lost.
     """
-    full: dict[tuple[Any, Any], list[tuple[str, list[Item]]]] = {}
-    partial: dict[tuple[Any, Any], list[tuple[str, list[Item]]]] = {}
-    for sub in subs:
-        _, kept = sub.observed()
-        pid = f"{sub.node}#{sub.incarnation}"
-        ended = sub.crashed or any(r.get("ev") == "end" and r.get("why") != "stopped"
-                                   for r in sub.records)
-        opening: Any = None
-        via: Any = None  # the transitional configuration before the opening regular one
-        items: list[Item] = []
-        first = True
-        for r in kept:
-            if r["ev"] == "config":
-                if opening is not None:
-                    # A restarted subscriber's log starts at a configuration it saw installed;
-                    # a first incarnation's first configuration was joined part-way.
-                    whole = not first or sub.incarnation > 0
-                    (full if whole else partial).setdefault(((via, opening), _config_key(r)), []).append(
-                        (pid, items))
-                    first = False
-                if r["kind"] == "regular":
-                    via = opening if opening is not None and opening[0] == "transitional" else None
-                else:
-                    via = None
-                opening = _config_key(r)
-                items = []
-            else:
-                items.extend(_items(r))
-        if opening is not None and settled and not ended:
-            # Up to the last probe only: the lab stops subscribers one after another, and
-            # the others see those departures.
-            probes = [i for i, it in enumerate(items) if it[0] == "msg" and str(it[4]).endswith(".probe")]
-            items = items[:probes[-1] + 1] if probes else []
-            whole = not first or sub.incarnation > 0
-            (full if whole else partial).setdefault(((via, opening), None), []).append((pid, items))
-
+    segs = [seg for sub in subs for seg in _segments(sub, settled)]
     out: list[Violation] = []
-    for key, logs in full.items():
-        ref_pid, ref = logs[0]
-        for pid, got in logs[1:]:
-            if got != ref:
-                out.append(Violation("group-sync", f"{ref_pid} and {pid} between {_describe(key)}: "
-                                     f"{_first_difference(ref, got)}"))
-    # Different ways into the same configuration: same messages, same view at the end.
-    across: dict[tuple[Any, Any], list[tuple[str, list[Item]]]] = {}
-    for (entry, closing), logs in full.items():
-        across.setdefault((entry[1], closing), []).append(logs[0])
-    for (opening, closing), logs in across.items():
-        ref_pid, ref = logs[0]
-        for pid, got in logs[1:]:
-            if [i for i in got if i[0] == "msg"] != [i for i in ref if i[0] == "msg"]:
-                out.append(Violation("group-sync", f"{ref_pid} and {pid} in {_describe((opening, closing))} "
-                                     "delivered different messages: " + _first_difference(
-                                         [i for i in ref if i[0] == "msg"], [i for i in got if i[0] == "msg"])))
-            if _last_view(got) != _last_view(ref):
-                out.append(Violation("group-sync", f"{ref_pid} and {pid} in {_describe((opening, closing))} "
-                                     f"end with different group views: {_last_view(ref)} vs {_last_view(got)}"))
-    for key, logs in partial.items():
-        refs = full.get(key)
+    strict: dict[tuple[Any, Any], list[_Segment]] = {}
+    across: dict[tuple[Any, Any], list[_Segment]] = {}
+    for seg in segs:
+        if seg.whole:
+            if seg.start_view is not None:
+                strict.setdefault((seg.key, seg.start_view), []).append(seg)
+            across.setdefault((seg.key[0][1], seg.key[1]), []).append(seg)
+    for (key, _), group in strict.items():
+        ref = group[0]
+        for seg in group[1:]:
+            if seg.items != ref.items:
+                out.append(Violation("group-sync", f"{ref.pid} and {seg.pid} between {_describe(key)}, "
+                                     f"both with view {{{','.join(ref.start_view or ())}}}: "
+                                     f"{_first_difference(ref.items, seg.items)}"))
+    for key, group in across.items():
+        ref = group[0]
+        ref_msgs = [i for i in ref.items if i[0] == "msg"]
+        for seg in group[1:]:
+            msgs = [i for i in seg.items if i[0] == "msg"]
+            if msgs != ref_msgs:
+                out.append(Violation("group-sync", f"{ref.pid} and {seg.pid} in {_describe(key)} "
+                                     f"delivered different messages: {_first_difference(ref_msgs, msgs)}"))
+            if None not in (ref.end_view, seg.end_view) and seg.end_view != ref.end_view:
+                out.append(Violation("group-sync", f"{ref.pid} and {seg.pid} in {_describe(key)} "
+                                     f"end with different group views: {ref.end_view} vs {seg.end_view}"))
+    partial: dict[tuple[Any, Any], list[_Segment]] = {}
+    for seg in segs:
+        if not seg.whole:
+            partial.setdefault(seg.key, []).append(seg)
+    for key, group in partial.items():
+        refs = [seg for seg in segs if seg.whole and seg.key == key]
         if refs:
-            ref_pid, ref = refs[0]
-            pairs = [(ref_pid, ref, pid, got) for pid, got in logs]
+            pairs = [(refs[0], seg) for seg in group]
         else:  # nobody saw it whole: the later joiner's events are a suffix of the earlier's
-            ordered = sorted(logs, key=lambda pl: -len(pl[1]))
-            ref_pid, ref = ordered[0]
-            pairs = [(ref_pid, ref, pid, got) for pid, got in ordered[1:]]
-        for a_pid, a, b_pid, b in pairs:
-            if len(b) > len(a) or (b and a[len(a) - len(b):] != b):
-                out.append(Violation("group-sync", f"{b_pid} joined inside {_describe(key)} but what it "
-                                     f"saw there is not the end of what {a_pid} saw: "
-                                     f"{_first_difference(a[len(a) - len(b):], b)}"))
+            ordered = sorted(group, key=lambda seg: -len(seg.items))
+            pairs = [(ordered[0], seg) for seg in ordered[1:]]
+        for a, b in pairs:
+            if len(b.items) > len(a.items) or (b.items and a.items[len(a.items) - len(b.items):] != b.items):
+                out.append(Violation("group-sync", f"{b.pid} joined inside {_describe(key)} but what it "
+                                     f"saw there is not the end of what {a.pid} saw: "
+                                     f"{_first_difference(a.items[len(a.items) - len(b.items):], b.items)}"))
     return out
 
 
-def _last_view(items: list[Item]) -> tuple[str, ...] | None:
-    """The group's members after the segment's last group event (None: no event in it)."""
-    views = [i[2] for i in items if i[0] == "group"]
-    return views[-1] if views else None
+def group_view_splits(subs: Iterable[SubscriberLog]) -> int:
+    """Messages that subscribers delivered under different group views (known to both).
+
+    Not part of :func:`check_group_sync`: after a merge ringd delivers messages while the
+    daemons' GroupSync payloads are still arriving, so for a while the sides disagree on
+    the group's members (Corosync's CPG holds messages back until its sync is done). This
+    counts how often a message meets that window.
+    """
+    views: dict[Item, set[tuple[str, ...]]] = {}
+    for sub in subs:
+        view: tuple[str, ...] | None = None
+        for r in sub.events():
+            if r["ev"] == "group":
+                view = tuple(r["members"])
+            elif r["ev"] == "message" and view is not None:
+                for it in _items(r):
+                    views.setdefault(it, set()).add(view)
+    return sum(1 for v in views.values() if len(v) > 1)
 
 
 def _describe(key: tuple[Any, Any]) -> str:
