@@ -781,7 +781,18 @@ class CorosyncLab:
         pid = self.corosync[k].pid
         return self.procs.start(["nsenter", "-t", str(pid), "-n", "-m", *cmd], out)
 
+    def crashed(self) -> list[str]:
+        """Corosync processes that exited, with the last line they printed (an assertion)."""
+        out = []
+        for k, p in enumerate(self.corosync):
+            if p.poll() is not None:
+                text = (self.dir / f"corosync-n{k + 1}.out").read_text(errors="replace").strip()
+                out.append(f"n{k + 1} exited {p.returncode}: {text.splitlines()[-1] if text else ''}")
+        return out
+
     def members_ok(self) -> bool:
+        if dead := self.crashed():
+            raise LabError("corosync " + "; ".join(dead))
         pid = self.corosync[0].pid
         r = subprocess.run(["nsenter", "-t", str(pid), "-n", "-m", "corosync-quorumtool", "-s"],
                            capture_output=True, text=True, timeout=10)
@@ -848,14 +859,16 @@ class CorosyncLab:
                 wait_for("corosync membership of all nodes after the heal", self.members_ok, SETTLE_TIMEOUT_S, 0.3)
             except LabError:
                 healed = False
+            crashed = self.crashed()
             for m in mons:
                 self.procs.stop(m)
-            return self.analyse(faults, skipped, healed)
+            return self.analyse(faults, skipped, healed, crashed)
         finally:
             self.procs.stop_all()
             self.net.down()
 
-    def analyse(self, faults: list[Fault], skipped: list[str], healed: bool) -> dict[str, Any]:
+    def analyse(self, faults: list[Fault], skipped: list[str], healed: bool,
+                crashed: list[str]) -> dict[str, Any]:
         import struct
         results = []
         for k in range(self.args.nodes):
@@ -893,6 +906,7 @@ class CorosyncLab:
             "faults": [f.describe() for f in faults],
             "faults_not_replayed": skipped,
             "healed": healed,
+            "crashed": crashed,
             "dir": str(self.dir),
         }
 
@@ -991,7 +1005,16 @@ def main(argv: list[str] | None = None) -> int:
                     if system == "ringd":
                         row = RingdLab(a, loss, workdir, prefix).run()
                     else:
-                        row = CorosyncLab(a, loss, workdir, prefix).run(a.corosync_anchors)
+                        try:
+                            row = CorosyncLab(a, loss, workdir, prefix).run(a.corosync_anchors)
+                        except LabError as exc:
+                            # Corosync 3.1.7 sometimes asserts in orf_token_rtr while three
+                            # nodes start at once: say so and try a fresh lab once more.
+                            log(f"corosync: {exc}; logs in {workdir}; one more try")
+                            first_error = str(exc)
+                            workdir = Path(tempfile.mkdtemp(prefix=f"netlab-{system}-"))
+                            row = CorosyncLab(a, loss, workdir, prefix + "r").run(a.corosync_anchors)
+                            row["first_attempt_error"] = first_error
                 except LabError as exc:
                     print(f"netlab: {system} at loss {loss}: {exc} (logs in {workdir})", file=sys.stderr)
                     failed = True

@@ -35,9 +35,11 @@ def _missing() -> str | None:
     return None
 
 
-def _lab_namespaces(prefix: str) -> list[str]:
+def _lab_namespaces(pid: int) -> list[str]:
+    """The namespaces the lab with this PID made (bridge ``nl<pid>0rb``, nodes ``nl<pid>0rnK``)."""
+    ours = {f"nl{pid % 100000}0r{suffix}" for suffix in ("b", "n1", "n2", "n3")}
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10).stdout
-    return [line.split()[0] for line in out.splitlines() if line.startswith(prefix)]
+    return [line.split()[0] for line in out.splitlines() if line.split() and line.split()[0] in ours]
 
 
 @pytest.mark.skipif(_missing() is not None, reason=_missing() or "")
@@ -55,7 +57,7 @@ def test_lossy_lan_then_partition_and_heal_passes_the_checker(tmp_path: Path) ->
             proc.terminate()
             proc.communicate(timeout=30)
     # Every namespace of this run is gone, whatever the outcome (the prefix holds its PID).
-    assert _lab_namespaces(f"nl{proc.pid % 100000}") == []
+    assert _lab_namespaces(proc.pid) == []
     assert proc.returncode == 0, output
     runs = json.loads(out.read_text())["runs"]
     assert len(runs) == 1, output
