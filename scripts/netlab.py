@@ -87,6 +87,7 @@ class Net:
         self.bridge_ns = f"{prefix}b"
         self.node_ns = [f"{prefix}n{k}" for k in range(1, nodes + 1)]
         self.created: list[str] = []
+        self.dropped = 0  # packets dropped by rules since replaced (flushing resets counters)
 
     def addr(self, k: int) -> str:  # k: 0-based node index
         return f"{SUBNET}.{k + 1}"
@@ -121,6 +122,7 @@ class Net:
 
     def set_rules(self, rules: list[str]) -> None:
         """Replace the lab's drop rules in one nft transaction."""
+        self.dropped += self.drop_counts()
         self.nft("flush chain bridge lab drops\n" + "".join(f"add rule bridge lab drops {r}\n" for r in rules))
 
     def drop_counts(self) -> int:
@@ -541,9 +543,9 @@ class RingdLab:
             log(f"workload {a.duration:g} s at {self.loss:.0%} loss; faults: "
                 + ("; ".join(f.describe() for f in faults) or "none"))
             self.drive(faults)
-            # Heal: everything off, then stop the senders (their last safe sends may need
-            # the healed ring to complete).
-            self.apply([])
+            # Heal: every fault and the loss off, then stop the senders (their last safe
+            # sends may need the healed ring to complete).
+            self.net.set_rules([])
             self.stop_file.write_text("stop")
             for n in self.nodes:
                 if n.sender is not None:
@@ -569,7 +571,7 @@ class RingdLab:
             for n in self.nodes:
                 if n.subscriber is not None:
                     self.procs.stop(n.subscriber)
-            drops = self.net.drop_counts()
+            drops = self.net.dropped + self.net.drop_counts()
             return self.analyse(faults, finals, probes, settled, heal_s, drops)
         finally:
             self.procs.stop_all()
@@ -907,6 +909,7 @@ class CorosyncLab:
             "faults_not_replayed": skipped,
             "healed": healed,
             "crashed": crashed,
+            "packets_dropped": self.net.dropped,
             "dir": str(self.dir),
         }
 
