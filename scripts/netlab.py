@@ -87,7 +87,9 @@ class Net:
         self.bridge_ns = f"{prefix}b"
         self.node_ns = [f"{prefix}n{k}" for k in range(1, nodes + 1)]
         self.created: list[str] = []
-        self.dropped = 0  # packets dropped by rules since replaced (flushing resets counters)
+        # Packets forwarded and dropped by rules since replaced (a flush resets counters).
+        self.seen = 0
+        self.dropped = 0
 
     def addr(self, k: int) -> str:  # k: 0-based node index
         return f"{SUBNET}.{k + 1}"
@@ -121,19 +123,32 @@ class Net:
         run("ip", "netns", "exec", self.bridge_ns, "nft", "-f", "-", input_text=script)
 
     def set_rules(self, rules: list[str]) -> None:
-        """Replace the lab's drop rules in one nft transaction."""
-        self.dropped += self.drop_counts()
+        """Replace the lab's drop rules in one nft transaction; the first rule counts every
+        frame the bridge forwards (one per output port), so the real loss rate is known."""
+        seen, dropped = self.counts()
+        self.seen += seen
+        self.dropped += dropped
+        rules = ['counter comment "seen"', *rules]
         self.nft("flush chain bridge lab drops\n" + "".join(f"add rule bridge lab drops {r}\n" for r in rules))
 
-    def drop_counts(self) -> int:
+    def counts(self) -> tuple[int, int]:
+        """(forwarded, dropped) frames counted by the current rules."""
         r = run("ip", "netns", "exec", self.bridge_ns, "nft", "-j", "list", "table", "bridge", "lab", check=False)
-        total = 0
+        seen = dropped = 0
         with contextlib.suppress(ValueError, KeyError, TypeError):
             for item in json.loads(r.stdout)["nftables"]:
-                for expr in item.get("rule", {}).get("expr", []):
+                rule = item.get("rule", {})
+                for expr in rule.get("expr", []):
                     if "counter" in expr:
-                        total += expr["counter"]["packets"]
-        return total
+                        if rule.get("comment") == "seen":
+                            seen += expr["counter"]["packets"]
+                        else:
+                            dropped += expr["counter"]["packets"]
+        return seen, dropped
+
+    def totals(self) -> tuple[int, int]:
+        seen, dropped = self.counts()
+        return self.seen + seen, self.dropped + dropped
 
     def bridge_link(self, up: bool) -> None:
         run("ip", "-n", self.bridge_ns, "link", "set", "br0", "up" if up else "down")
@@ -201,7 +216,7 @@ def make_fault(name: str, rng: random.Random, nodes: int, start: float, end: flo
 
 
 def schedule(names: list[str], rng: random.Random, nodes: int, duration: float, first_at: float | None,
-             loss: float, count_max: int | None = None) -> list[Fault]:
+             loss: float, count_max: int | None = None, span_s: float | None = None) -> list[Fault]:
     """Faults one after another until 3 s before the end: quiet 2-5 s, fault 3-8 s (pauses
     1.5-4 s, longer than the lan token timeout of 1 s; bridge flaps 1-3 s), then heal."""
     out: list[Fault] = []
@@ -211,6 +226,7 @@ def schedule(names: list[str], rng: random.Random, nodes: int, duration: float, 
     while True:
         name = rng.choice(names)
         span = {"pause": rng.uniform(1.5, 4), "bridge-flap": rng.uniform(1, 3)}.get(name, rng.uniform(3, 8))
+        span = span_s if span_s is not None else span
         if t + span > duration - 3 or (count_max is not None and len(out) >= count_max):
             break
         out.append(make_fault(name, rng, nodes, t, t + span, loss))
@@ -275,6 +291,20 @@ class Procs:
             self.signal(p, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(5)
+
+
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGALRM}
+
+
+def teardown(procs: Procs, net: Net) -> None:
+    """End every process, then delete the namespaces, with the stop signals held back: a
+    second Ctrl-C must not leave namespaces behind half way through."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        procs.stop_all()
+        net.down()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def wait_for(what: str, cond: Any, timeout: float, interval: float = 0.2) -> Any:
@@ -526,7 +556,8 @@ class RingdLab:
     def run(self) -> dict[str, Any]:
         a = self.args
         rng = random.Random(f"{a.seed}-{self.loss}")
-        faults = schedule(a.nemesis, rng, a.nodes, a.duration, a.nemesis_start, self.loss, a.nemesis_count)
+        faults = schedule(a.nemesis, rng, a.nodes, a.duration, a.nemesis_start, self.loss, a.nemesis_count,
+                          a.nemesis_span)
         try:
             self.net.up()
             for n in self.nodes:
@@ -571,11 +602,10 @@ class RingdLab:
             for n in self.nodes:
                 if n.subscriber is not None:
                     self.procs.stop(n.subscriber)
-            drops = self.net.dropped + self.net.drop_counts()
+            drops = self.net.totals()
             return self.analyse(faults, finals, probes, settled, heal_s, drops)
         finally:
-            self.procs.stop_all()
-            self.net.down()
+            teardown(self.procs, self.net)
 
     def drive(self, faults: list[Fault]) -> None:
         """Apply and heal faults on schedule; restarted daemons' subscribers are published."""
@@ -629,7 +659,7 @@ class RingdLab:
 
     def analyse(self, faults: list[Fault], finals: list[dict[str, Any] | None],
                 probes: list[tuple[str, int, str, int]], settled: bool, heal_s: float | None,
-                drops: int) -> dict[str, Any]:
+                drops: tuple[int, int]) -> dict[str, Any]:
         from ringd.lab_history import (
             SentMessage,
             SubscriberLog,
@@ -732,7 +762,8 @@ class RingdLab:
             "faults": [f.describe() for f in faults],
             "liveness_heal_s": round(heal_s, 2) if heal_s is not None else None,
             "unacked_delivered": lab.unacked_delivered,
-            "packets_dropped": drops,
+            "packets_forwarded": drops[0],
+            "packets_dropped": drops[1],
             "counters": counters,
             "dir": str(self.dir),
         }
@@ -805,7 +836,8 @@ class CorosyncLab:
         a = self.args
         rng = random.Random(f"{a.seed}-{self.loss}")
         names = list(a.nemesis)
-        faults = schedule(names, rng, a.nodes, a.duration, a.nemesis_start, self.loss, a.nemesis_count)
+        faults = schedule(names, rng, a.nodes, a.duration, a.nemesis_start, self.loss, a.nemesis_count,
+                          a.nemesis_span)
         skipped = [f.describe() for f in faults if not (f.cuts or f.link_loss or f.name == "bridge-flap")]
         # Only the network faults are replayed against Corosync (same times, same cuts).
         faults = [f for f in faults if f.cuts or f.link_loss or f.name == "bridge-flap"]
@@ -866,8 +898,7 @@ class CorosyncLab:
                 self.procs.stop(m)
             return self.analyse(faults, skipped, healed, crashed)
         finally:
-            self.procs.stop_all()
-            self.net.down()
+            teardown(self.procs, self.net)
 
     def analyse(self, faults: list[Fault], skipped: list[str], healed: bool,
                 crashed: list[str]) -> dict[str, Any]:
@@ -909,7 +940,9 @@ class CorosyncLab:
             "faults_not_replayed": skipped,
             "healed": healed,
             "crashed": crashed,
+            "packets_forwarded": self.net.seen,
             "packets_dropped": self.net.dropped,
+            "check": "cpgbench: one sender; each node's delivered seqs increase (order, no duplicates)",
             "dir": str(self.dir),
         }
 
@@ -941,13 +974,15 @@ def preflight() -> str | None:
 
 @contextlib.contextmanager
 def bounded(seconds: float) -> Iterator[None]:
-    """SIGTERM, SIGHUP and a hard alarm all raise in the main thread, so ``finally`` blocks
+    """Ctrl-C, SIGTERM, SIGHUP and a hard alarm all raise in the main thread, so ``finally`` blocks
     clean up the namespaces and processes whatever stops the run."""
 
     def on_signal(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGALRM)}
+    # SIGINT too: a shell starts background jobs with SIGINT ignored, and Python then
+    # installs no KeyboardInterrupt handler of its own.
+    old = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
     signal.alarm(int(seconds))
     try:
         yield
@@ -974,6 +1009,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nemesis-start", type=float, default=None,
                    help="seconds into the workload of the first fault (default: seeded 2-5 s)")
     p.add_argument("--nemesis-count", type=int, default=None, help="at most this many faults")
+    p.add_argument("--nemesis-span", type=float, default=None, help="seconds each fault lasts (default: seeded)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--rate", type=float, default=20.0, help="send calls per second per node")
     p.add_argument("--daemon-set", action="append", default=[], metavar="KEY=VALUE",
