@@ -610,6 +610,7 @@ class RingdLab:
     def drive(self, faults: list[Fault]) -> None:
         """Apply and heal faults on schedule; restarted daemons' subscribers are published."""
         t0 = time.monotonic()
+        self.t0_ns = time.time_ns()
         timeline = sorted([(f.start, 1, i) for i, f in enumerate(faults)]
                           + [(f.end, 0, i) for i, f in enumerate(faults)])
         active: list[Fault] = []
@@ -709,12 +710,14 @@ class RingdLab:
 
         # Numbers: regular configurations after the first, per node over its incarnations.
         regulars: dict[str, int] = {}
+        installed_at: dict[str, list[float]] = {}  # seconds into the workload, per node
         delivered: dict[str, set[tuple[str, int]]] = {}
         lat: list[float] = []
         for sub in subs:
             for r in sub.events():
                 if r["ev"] == "config" and r["kind"] == "regular":
                     regulars[sub.node] = regulars.get(sub.node, 0) + 1
+                    installed_at.setdefault(sub.node, []).append(round((r["t"] - self.t0_ns) / 1e9, 2))
                 elif r["ev"] == "message":
                     for item in r["data"]:
                         p = parse_payload(item)
@@ -760,6 +763,9 @@ class RingdLab:
             # under different group views at different subscribers, after merges.
             "group_view_splits": group_view_splits(subs),
             "faults": [f.describe() for f in faults],
+            # When the member that saw the most regular configurations installed those after
+            # its first (seconds into the workload).
+            "regular_configs_at_s": max(installed_at.values(), key=len, default=[])[1:],
             "liveness_heal_s": round(heal_s, 2) if heal_s is not None else None,
             "unacked_delivered": lab.unacked_delivered,
             "packets_forwarded": drops[0],
@@ -863,6 +869,7 @@ class CorosyncLab:
                                           "-r", str(rate), "-o", str(self.dir / f"order{k + 1}.bin")],
                                       self.dir / f"bench{k + 1}.txt") for k in range(a.nodes)]
             t0 = time.monotonic()
+            self.t0_ns = time.time_ns()
             timeline = sorted([(f.start, 1, i) for i, f in enumerate(faults)]
                               + [(f.end, 0, i) for i, f in enumerate(faults)])
             active: list[Fault] = []
@@ -917,10 +924,13 @@ class CorosyncLab:
             seqs.append([struct.unpack_from("<IIQ", raw, i)[2] for i in range(0, len(raw) - len(raw) % 16, 16)])
         violations = sum(1 for s in seqs if any(b <= a for a, b in zip(s, s[1:], strict=False)))
         changes = []
+        installed_at: list[float] = []
         for k in range(self.args.nodes):
             p = self.dir / f"mon{k + 1}.txt"
-            changes.append(sum(1 for ln in (p.read_text().splitlines() if p.exists() else [])
-                               if ln.startswith("TOTEM")))
+            lines = [ln for ln in (p.read_text().splitlines() if p.exists() else []) if ln.startswith("TOTEM")]
+            changes.append(len(lines))
+            at = [round((int(ln.split()[1][2:]) - self.t0_ns) / 1e9, 2) for ln in lines[1:]]
+            installed_at = at if len(at) > len(installed_at) else installed_at
         p50 = [float(r["all_lat_us_p50"]) / 1000 for r in results if float(r.get("all_lat_us_p50", -1)) >= 0]
         p99 = [float(r["all_lat_us_p99"]) / 1000 for r in results if float(r.get("all_lat_us_p99", -1)) >= 0]
         return {
@@ -937,6 +947,7 @@ class CorosyncLab:
             "latency_p50_ms": round(sorted(p50)[len(p50) // 2], 2) if p50 else None,
             "latency_p99_ms": round(max(p99), 2) if p99 else None,
             "faults": [f.describe() for f in faults],
+            "regular_configs_at_s": installed_at,
             "faults_not_replayed": skipped,
             "healed": healed,
             "crashed": crashed,
