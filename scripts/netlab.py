@@ -976,10 +976,10 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 def preflight() -> str | None:
     if os.geteuid() != 0:
-        return "netlab needs root (network namespaces and nftables)"
+        return "needs root (network namespaces and nftables)"
     for tool in ("ip", "nft"):
         if shutil.which(tool) is None:
-            return f"netlab needs {tool} (apt-get install iproute2 nftables)"
+            return f"needs {tool} (apt-get install iproute2 nftables)"
     return None
 
 
