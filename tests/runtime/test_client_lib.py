@@ -354,3 +354,88 @@ def test_event_decoding_and_json() -> None:
                       "seq": "1", "safe": False, "data": []})
     with pytest.raises(client.ProtocolError, match="unknown event type"):
         decode_event({"ev": "surprise"})
+
+
+async def test_concurrent_sends_coalesce_and_errors_reach_their_callers(short_tmp: Path) -> None:
+    """Sends made while another is unanswered go out as one request per (group, safe, wait);
+    a refused request fails every call in it and no other; a too-large call fails alone."""
+    async with serving(short_tmp / "api.sock") as s, open_client(s.path) as ring:
+        s.driver.hold_sends = True
+        outcomes: dict[str, object] = {}
+
+        async def send(name: str, group: str, data: bytes, wait: bool = True) -> None:
+            try:
+                outcomes[name] = await ring.send(group, data, wait=wait)
+            except client.ClientError as exc:
+                outcomes[name] = exc
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send, "first", "g", b"first")
+                await s.driver.wait_for(lambda: len(s.driver.held) == 1)  # in flight, unanswered
+                # Only consecutive sends with one key merge, and the tasks of one scheduler
+                # round run in any order: one key per round.
+                for i in range(5):
+                    nursery.start_soon(send, f"full{i}", "full", b"%d" % i, False)
+                await s.driver.wait_for(lambda: len(s.driver.requests) == 2)
+                for i in range(5):
+                    nursery.start_soon(send, f"g{i}", "g", b"%d" % i)
+                nursery.start_soon(send, "huge", "g", b"x" * (client.SEND_BYTES_MAX + 1))
+                await s.driver.wait_for(lambda: len(s.driver.held) == 2)
+                s.driver.hold_sends = False
+                for req in s.driver.held:
+                    s.driver.deliver(req)
+        assert [(r.request["group"], len(r.request["data"])) for r in s.driver.requests if r.op == "send"] == [
+            ("g", 1), ("full", 5), ("g", 5)]
+        assert all(isinstance(outcomes[f"full{i}"], TryAgain) for i in range(5))
+        assert len({id(outcomes[f"full{i}"]) for i in range(5)}) == 5  # one exception per caller
+        assert [outcomes[f"g{i}"] for i in range(5)] == [1] * 5 and outcomes["first"] == 1
+        assert isinstance(outcomes["huge"], RequestFailed) and "exceed" in str(outcomes["huge"])
+        assert ring.stats.send_calls == 11 and ring.stats.send_requests == 3
+
+
+async def test_submit_and_flush_from_one_task(short_tmp: Path) -> None:
+    async with serving(short_tmp / "api.sock") as s, open_client(s.path) as ring:
+        await ring.join("g")
+        tickets = [await ring.submit("g", b"%d" % i) for i in range(3000)]
+        assert await ring.flush() == 3000
+        assert all(t.done and t.count == 1 for t in tickets)
+        requests = [r.request["data"] for r in s.driver.requests if r.op == "send"]
+        assert len(requests) < 30  # coalesced (64 KiB or 1024 calls per request at most)
+        assert [x for d in requests for x in d] == [b"%d" % i for i in range(3000)]
+        with pytest.raises(TryAgain):  # the first error, once all were answered
+            for i in range(3):
+                await ring.submit("full" if i == 1 else "g", b"x", wait=False)
+            await ring.flush()
+        seqs = []
+        with trio.fail_after(10):
+            async for event in ring.events():
+                if isinstance(event, MessageEvent):
+                    seqs.append(event.seq)
+                    if len(seqs) == 3002:
+                        break
+        assert seqs == list(range(3002))
+
+
+def test_blocking_submit_flush_and_send_order(short_tmp: Path) -> None:
+    path = short_tmp / "api.sock"
+
+    def app() -> tuple[int, int, list[bytes]]:
+        with BlockingRingClient(path, timeout_s=10) as ring:
+            ring.join("g")
+            for i in range(2000):
+                ring.submit("g", b"%d" % i)
+            assert ring.send("g", b"after") == 1  # a send goes out after what was submitted
+            flushed = ring.flush()
+            got = [e.data for e in itertools.islice(ring.events(timeout=10), 2002)
+                   if isinstance(e, MessageEvent)]
+            return flushed, ring.stats.send_requests, got
+
+    async def main() -> None:
+        async with serving(path) as s:
+            flushed, requests, got = await trio.to_thread.run_sync(app)
+            assert flushed == 2000
+            assert requests == sum(1 for r in s.driver.requests if r.op == "send") < 30
+            assert got == [b"%d" % i for i in range(2000)] + [b"after"]
+
+    trio.run(main)
