@@ -133,15 +133,15 @@ def corosync_for(n: int, size: int, every: bool,
     return ("udp, anchor", fixed[0]) if fixed else None
 
 
-# Per-call rows: (label, worker mode, tasks).
-PERCALL_MODES = [
-    ("send, 1 task", "call", 1),
-    ("send, {tasks} tasks", "call", 0),  # 0: --tasks
-    ("submit + flush, 1 task", "submit", 1),
-    ("blocking send", "blocking", 1),
-    ("blocking submit + flush", "blocking-submit", 1),
-    ("ringd send < lines", "cli", 1),
-]
+# Per-call rows: name -> (label, worker mode, tasks).
+PERCALL_MODES = {
+    "send": ("send, 1 task", "call", 1),
+    "send-tasks": ("send, {tasks} tasks", "call", 0),  # 0: --tasks
+    "submit": ("submit + flush, 1 task", "submit", 1),
+    "blocking": ("blocking send", "blocking", 1),
+    "blocking-submit": ("blocking submit + flush", "blocking-submit", 1),
+    "cli": ("ringd send < lines", "cli", 1),
+}
 
 
 COROSYNC_RES = {  # nodes -> idle CPU %, idle RSS MiB, load CPU % (all senders 100 B), load RSS MiB
@@ -483,7 +483,7 @@ async def bench_n(n: int, a: argparse.Namespace, root: Path) -> dict[str, Any]:
                       f"{max(r['msgs_per_s']):,.0f} msgs/s, order {order_word(r)}", flush=True)
         res["throughput"] = tput
         percall = []
-        for label, mode, tasks in (PERCALL_MODES if "percall" in a.parts else []):
+        for label, mode, tasks in (PERCALL_MODES[m] for m in (a.percall if "percall" in a.parts else [])):
             tasks = tasks or a.tasks
             t = Traffic(size=100, senders=[0], duration_s=a.duration_s, mode=mode, tasks=tasks)
             r = await run_traffic(c, t, a, f"p{n}-{mode}-{tasks}")
@@ -732,6 +732,8 @@ def main() -> None:
     p.add_argument("--duration-s", "--duration", type=float, default=5.0, help="throughput send window")
     p.add_argument("--batch", type=int, default=256, help="messages per send call (throughput)")
     p.add_argument("--inflight", type=int, default=2, help="connections sending at once per sender process")
+    p.add_argument("--percall", nargs="+", default=list(PERCALL_MODES), choices=list(PERCALL_MODES),
+                   help="per-call rows to measure")
     p.add_argument("--tasks", type=int, default=16, help="per-call rows: tasks of one process sending at once")
     p.add_argument("--cli-rate", type=float, default=60_000.0,
                    help="per-call `ringd send` row: lines piped per second of --duration-s")
