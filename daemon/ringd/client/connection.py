@@ -105,11 +105,17 @@ class ConnectionStats:
 
 
 def message_items(data: bytes | str | Sequence[bytes | str]) -> list[bytes]:
-    """Message data as a list of bytes (str is encoded as UTF-8)."""
-    if isinstance(data, (bytes, str)):
-        data = [data]
+    """Message data as a new list of bytes (str is encoded as UTF-8). A copy, because the
+    caller may reuse its list before the send is packed."""
+    if isinstance(data, bytes):
+        return [data]
+    if isinstance(data, str):
+        return [data.encode()]
+    items = list(data)
+    if all(type(item) is bytes for item in items):  # the common case, without a Python loop body
+        return items
     out = []
-    for item in data:
+    for item in items:
         if isinstance(item, str):
             out.append(item.encode())
         elif isinstance(item, (bytes, bytearray, memoryview)):
@@ -148,7 +154,8 @@ class ClientConnection:
         self._queued_bytes = 0
         self._out = b""  # packed frames ...
         self._out_offset = 0  # ... of which this many bytes went out
-        self._unanswered: dict[int, list[Ticket]] = {}  # request id -> the calls it carries
+        # request id -> the calls it carries, their data bytes and message count
+        self._unanswered: dict[int, tuple[list[Ticket], int, int]] = {}
         self._unanswered_bytes = 0
         self._reader = FrameReader()
         self._unsolicited: str | None = None  # an error the daemon sent without an id
@@ -249,7 +256,7 @@ class ClientConnection:
             first = queue.popleft()
             if first.key is None:
                 frames.append(first.frame)
-                self._unanswered[first.request_id] = [first]
+                self._unanswered[first.request_id] = ([first], 0, 0)
                 stats.request_frames += 1
                 continue
             batch, size, count = [first], first.size, len(first.items)
@@ -266,7 +273,7 @@ class ClientConnection:
             group, safe, wait = first.key
             frames.append(pack_frame({"op": "send", "id": request_id, "group": group, "data": data,
                                       "safe": safe, "wait": wait}))
-            self._unanswered[request_id] = batch
+            self._unanswered[request_id] = (batch, size, count)
             self._unanswered_bytes += size
             stats.request_frames += 1
             stats.send_requests += 1
@@ -299,21 +306,20 @@ class ClientConnection:
                 self.fail(ProtocolError(f"{self.peer} sent an unexpected frame"))
                 return
             request_id = frame.get("id")
-            calls = self._unanswered.pop(request_id, None) if type(request_id) is int else None
-            if calls is None and request_id is None and not ok:
+            request = self._unanswered.pop(request_id, None) if type(request_id) is int else None
+            if request is None and request_id is None and not ok:
                 # An error about the connection, not about a request (e.g. "too many control
                 # connections", sent before it closes): the oldest request gets it.
                 self._unsolicited = str(frame.get("error"))
                 oldest = next(iter(self._unanswered), None)
-                calls = None if oldest is None else self._unanswered.pop(oldest)
-            if calls is not None:
-                self._answer(calls, frame)
+                request = None if oldest is None else self._unanswered.pop(oldest)
+            if request is not None:
+                self._answer(request, frame)
 
-    def _answer(self, calls: list[Ticket], reply: dict[str, Any]) -> None:
-        first = calls[0]
-        if first.key is not None:
-            self._unanswered_bytes -= sum(t.size for t in calls)
-            count = sum(len(t.items) for t in calls)
+    def _answer(self, request: tuple[list[Ticket], int, int], reply: dict[str, Any]) -> None:
+        calls, size, count = request
+        if calls[0].key is not None:
+            self._unanswered_bytes -= size
             if reply["ok"] and reply.get("count") != count:
                 reply = {"ok": False, "error": f"the daemon took {reply.get('count')!r} of {count} messages"}
         for ticket in calls:
@@ -334,7 +340,7 @@ class ClientConnection:
         if self.error is not None:
             return
         self.error = error
-        calls = [t for batch in self._unanswered.values() for t in batch] + list(self._queue)
+        calls = [t for batch, _, _ in self._unanswered.values() for t in batch] + list(self._queue)
         self._unanswered.clear()
         self._queue.clear()
         self._queued_bytes = self._unanswered_bytes = 0

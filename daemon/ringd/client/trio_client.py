@@ -338,14 +338,19 @@ class RingClient:
         conn = self._conn
         self._reading = True
         try:
-            with trio.CancelScope() as scope:
-                self._read_scope = scope
-                try:
+            try:
+                if self._writing:
+                    # The writer may be cancelled half-way and need us to write the rest
+                    # (see _hand_over_writing); a cancel scope costs too much for every read.
+                    with trio.CancelScope() as scope:
+                        self._read_scope = scope
+                        data = await self._stream.receive_some(READ_BYTES_MAX)
+                    if scope.cancelled_caught:
+                        return  # interrupted to write what a cancelled writer left
+                else:
                     data = await self._stream.receive_some(READ_BYTES_MAX)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    data = b""
-            if scope.cancelled_caught:
-                return  # interrupted to write what a cancelled writer left
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
             if data:
                 conn.receive_data(data)
             else:
