@@ -27,7 +27,8 @@ class MessageEvent:
 
 @dataclass(frozen=True, slots=True)
 class MessageBatch:
-    """One delivered send request (a whole event frame): item ``i`` has seq ``first_seq + i``."""
+    """One delivered send request (a whole event frame): item ``i`` has seq ``first_seq + i``.
+    The client library may have coalesced several send calls of one sender into it."""
 
     group: str
     sender: str
