@@ -439,3 +439,19 @@ def test_blocking_submit_flush_and_send_order(short_tmp: Path) -> None:
             assert got == [b"%d" % i for i in range(2000)] + [b"after"]
 
     trio.run(main)
+
+
+async def test_a_send_cancelled_before_it_went_out_is_never_sent(short_tmp: Path) -> None:
+    async with serving(short_tmp / "api.sock") as s, open_client(s.path) as ring:
+        s.driver.hold_sends = True
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ring.send, "g", b"first")
+                await s.driver.wait_for(lambda: len(s.driver.held) == 1)
+                with trio.CancelScope() as scope:
+                    scope.cancel()  # it queues, then waits a scheduler round for company
+                    await ring.send("g", b"never")
+                s.driver.hold_sends = False
+                s.driver.deliver(s.driver.held.pop())
+            assert await ring.send("g", b"after") == 1
+        assert [r.request["data"] for r in s.driver.requests if r.op == "send"] == [[b"first"], [b"after"]]
