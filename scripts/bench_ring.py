@@ -8,6 +8,12 @@ preset and default Totem timings, N = 3 and 5 by default. Method follows the Cor
               --batch messages flat out for --duration-s, then an END marker. Each subscriber
               counts from its first to its last delivery -> msgs/s and MB/s per node, and
               hashes the (sender, ring, seq, data) sequence: identical on all nodes = total order.
+  percall     the same with one sender on node 0 and 100 B messages, sent as applications
+              do: one message per call, from one task (`await ring.send(g, m)` in a loop),
+              from --tasks tasks of one process, with `submit` + `flush` from one task, from
+              the blocking client (send, and submit + flush), and through `ringd send`
+              reading lines on stdin; each row beside Corosync's cpgbench (one message per
+              cpg_mcast_joined call), measured in the same hour with --corosync-throughput.
   latency     100-byte messages at --rate msgs/s per sender (one sender on the last node, which
               is not the representative, then every node),
               carrying time.monotonic_ns(); p50/p99 of every delivery on every node, and of the
@@ -63,6 +69,7 @@ COROSYNC_LAT = {  # (nodes, all senders) -> all deliveries p50, p99 ms (udp)
     (3, False): (0.486, 0.917), (3, True): (0.329, 0.810),
     (5, False): (0.426, 1.040), (5, True): (0.281, 1.014),
 }
+CPGBENCH_TPUT_LINE = re.compile(r"tr=(\S+) nodes=(\d+) .*?size=(\d+) senders=(\d+) RESULT .*?rx_msgs_per_s=([\d.]+)")
 CPGBENCH_LINE = re.compile(r"nodes=(\d+) .*?senders=(\d+) .*?all_lat_us_p50=([\d.]+) all_lat_us_p99=([\d.]+)")
 
 
@@ -81,6 +88,60 @@ def corosync_latency(path: Path) -> dict[tuple[int, bool], tuple[float, float]]:
         raise SystemExit(f"bench_ring: no cpgbench latency results in {path}")
     return {k: (round(statistics.median(x for x, _ in v), 3), round(statistics.median(y for _, y in v), 3))
             for k, v in per_run.items()}
+
+
+def corosync_throughput(path: Path) -> dict[tuple[int, int, bool], dict[str, float]]:
+    """Corosync throughput measured beside this run: the anchor's ``results/throughput.txt``
+    (one line per node and run, ``tr=T nodes=N token=... size=S senders=K RESULT node=...
+    rx_msgs_per_s=R ...``) -> (nodes, bytes, all senders) -> transport -> the slowest node's
+    msgs/s (median over repeated runs). cpgbench sends one message per cpg_mcast_joined call."""
+    per_run: dict[tuple[int, int, bool, str], dict[int, float]] = {}
+    runs: dict[tuple[int, int, bool, str], list[float]] = {}
+    for line in path.read_text().splitlines():
+        m = CPGBENCH_TPUT_LINE.search(line)
+        if not m:
+            continue
+        key = (int(m[2]), int(m[3]), int(m[4]) > 1, m[1])
+        node = int(re.search(r"RESULT node=(\d+)", line)[1])  # type: ignore[index]
+        run = per_run.setdefault(key, {})
+        if node in run:  # a repeated run starts: close the previous one
+            runs.setdefault(key, []).append(min(run.values()))
+            run.clear()
+        run[node] = float(m[5])
+    for key, run in per_run.items():
+        if run:
+            runs.setdefault(key, []).append(min(run.values()))
+    if not runs:
+        raise SystemExit(f"bench_ring: no cpgbench throughput results in {path}")
+    out: dict[tuple[int, int, bool], dict[str, float]] = {}
+    for (n, size, every, tr), values in runs.items():
+        out.setdefault((n, size, every), {})[tr] = round(statistics.median(values))
+    return out
+
+
+def corosync_for(n: int, size: int, every: bool,
+                 side_by_side: dict[tuple[int, int, bool], dict[str, float]] | None) -> tuple[str, float] | None:
+    """(label, msgs/s per node) of Corosync to compare with: the best transport measured beside
+    this run, else the anchor's fixed udp multicast number."""
+    if side_by_side:
+        by_tr = side_by_side.get((n, size, every))
+        if by_tr:
+            tr, value = max(by_tr.items(), key=lambda kv: kv[1])
+            return f"{tr}, same run", value
+        return None
+    fixed = COROSYNC_TPUT.get((n, size, every))
+    return ("udp, anchor", fixed[0]) if fixed else None
+
+
+# Per-call rows: name -> (label, worker mode, tasks).
+PERCALL_MODES = {
+    "send": ("send, 1 task", "call", 1),
+    "send-tasks": ("send, {tasks} tasks", "call", 0),  # 0: --tasks
+    "submit": ("submit + flush, 1 task", "submit", 1),
+    "blocking": ("blocking send", "blocking", 1),
+    "blocking-submit": ("blocking submit + flush", "blocking-submit", 1),
+    "cli": ("ringd send < lines", "cli", 1),
+}
 
 
 COROSYNC_RES = {  # nodes -> idle CPU %, idle RSS MiB, load CPU % (all senders 100 B), load RSS MiB
@@ -172,6 +233,8 @@ class Traffic:
     safe: bool = False
     join_senders: bool = False  # senders join the group and measure self-delivery
     msg_cap: float = 0.0  # flat out: msgs/s cap per sender (0 = none)
+    mode: str = "batch"  # the sender's --mode (see bench_ring_worker.py)
+    tasks: int = 1  # mode "call": sending tasks
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -205,7 +268,8 @@ async def run_traffic(c: Cluster, t: Traffic, a: argparse.Namespace, tag: str,
         subs.append((p, out))
     for i in t.senders:
         out = work / f"send{i}.json"
-        extra = ["--rate", str(t.rate), "--batch", "1" if t.rate > 0 else str(a.batch)]
+        extra = ["--rate", str(t.rate), "--batch", "1" if t.rate > 0 else str(a.batch), "--mode", t.mode,
+                 "--tasks", str(t.tasks), "--cli-lines", str(int(a.cli_rate * t.duration_s))]
         extra += ["--msg-cap", str(t.msg_cap)] if t.msg_cap else []
         extra += ["--safe"] if t.safe else []
         extra += ["--join"] if t.join_senders else []
@@ -267,6 +331,9 @@ def summarize_traffic(t: Traffic, subs: list[dict[str, Any]], sends: list[dict[s
         "lat_p50_ms": pct(lat, 0.50), "lat_p99_ms": pct(lat, 0.99), "lat_samples": len(lat),
         "self_p50_ms": pct(self_lat, 0.50), "self_p99_ms": pct(self_lat, 0.99), "self_samples": len(self_lat),
         "send_errors": [e for s in sends for e in s.get("errors", [])][:5],
+        "mode": t.mode, "tasks": t.tasks,
+        "request_frames": sum(s.get("request_frames", 0) for s in sends),
+        "client_send_calls": sum(s.get("client_send_calls", 0) for s in sends),
         **res,
     }
     return out
@@ -415,7 +482,20 @@ async def bench_n(n: int, a: argparse.Namespace, root: Path) -> dict[str, Any]:
                 print(f"  N={n}: {size} B x {len(senders)} senders: {min(r['msgs_per_s']):,.0f}..."
                       f"{max(r['msgs_per_s']):,.0f} msgs/s, order {order_word(r)}", flush=True)
         res["throughput"] = tput
-        if tput:
+        percall = []
+        for label, mode, tasks in (PERCALL_MODES[m] for m in (a.percall if "percall" in a.parts else [])):
+            tasks = tasks or a.tasks
+            t = Traffic(size=100, senders=[0], duration_s=a.duration_s, mode=mode, tasks=tasks)
+            r = await run_traffic(c, t, a, f"p{n}-{mode}-{tasks}")
+            r["label"] = label.format(tasks=tasks)
+            percall.append(r)
+            if r["dropped"]:
+                print(f"  N={n}: per call, {r['label']}: subscribers dropped", flush=True)
+                continue
+            print(f"  N={n}: per call, {r['label']}: {min(r['msgs_per_s']):,.0f}...{max(r['msgs_per_s']):,.0f} "
+                  f"msgs/s, {calls_per_request(r)} calls per request, order {order_word(r)}", flush=True)
+        res["percall"] = percall
+        if tput or percall:
             # After the bursts the ring must go quiet again (held token), not keep spinning.
             await trio.sleep(2.0)
             res["idle_after_load"] = await sample_resources(pids, a.idle_s)
@@ -518,27 +598,58 @@ def ok(cond: bool) -> str:
     return "met" if cond else "MISSED"
 
 
-def table(rows: list[dict[str, Any]], corosync_lat: dict[tuple[int, bool], tuple[float, float]] | None = None) -> str:
-    out = ["Throughput, agreed order, delivered msgs/s per node (min..max over nodes); "
-           "Corosync udp multicast [udpu] same machine kind",
+def calls_per_request(t: dict[str, Any]) -> str:
+    """Send calls per send request frame the sender's client wrote (coalescing)."""
+    frames = t.get("request_frames") or 0
+    return f"{t['client_send_calls'] / frames:.1f}" if frames else "-"
+
+
+def percall_table(rows: list[dict[str, Any]],
+                  corosync_tput: dict[tuple[int, int, bool], dict[str, float]] | None) -> list[str]:
+    out = ["Per-call throughput: one sender on node 0, 100 B, one message per call (agreed); delivered "
+           "msgs/s per node; Corosync's cpgbench also sends one message per call",
+           "| N | how the app sends | msgs/s per node | calls per request | order | Corosync msgs/s "
+           "| ratio to Corosync |", "|" + "---|" * 7]
+    for r in rows:
+        n = r["n"]
+        for t in r.get("percall", []):
+            if t["dropped"]:
+                out.append(f"| {n} | {t['label']} | {len(t['dropped'])} subscribers dropped | - | - | - | - |")
+                continue
+            lo = min(t["msgs_per_s"])
+            cs = corosync_for(n, 100, False, corosync_tput)
+            ratio = f"{lo / cs[1]:.2f}x" if cs else "-"
+            out.append(f"| {n} | {t['label']} | {lo:,.0f} .. {max(t['msgs_per_s']):,.0f} | {calls_per_request(t)} "
+                       f"| {order_word(t)} | {f'{cs[1]:,.0f} ({cs[0]})' if cs else '-'} | {ratio} |")
+    return out
+
+
+def table(rows: list[dict[str, Any]], corosync_lat: dict[tuple[int, bool], tuple[float, float]] | None = None,
+          corosync_tput: dict[tuple[int, int, bool], dict[str, float]] | None = None) -> str:
+    out = ["Throughput, agreed order, --batch messages per send call, delivered msgs/s per node (min..max "
+           "over nodes); Corosync udp multicast [udpu] same machine kind (one message per call)",
            "| N | bytes | senders | msgs/s per node | MB/s (min) | lat under load p50/p99 ms | order "
-           "| Corosync udp [udpu] | target ≥ Corosync udp |", "|" + "---|" * 9]
+           "| Corosync udp [udpu] | target ≥ Corosync udp | ratio to Corosync "
+           f"({'same run' if corosync_tput else 'anchor'}) |", "|" + "---|" * 10]
     for r in rows:
         n = r["n"]
         for t in r.get("throughput", []):
             if t["dropped"]:
                 cap = f" (capped {t['msg_cap'] * t['senders']:,.0f})" if t["msg_cap"] else ""
                 out.append(f"| {n} | {t['size']} | {t['senders']}{cap} | {len(t['dropped'])} subscribers dropped: "
-                           "they fell 32 MiB behind the ring | - | - | - | - | - |")
+                           "they fell 32 MiB behind the ring | - | - | - | - | - | - |")
                 continue
             key = (n, t["size"], t["senders"] > 1)
             cs = COROSYNC_TPUT.get(key)
             lo = min(t["msgs_per_s"])
             tgt = f"{ok(lo >= cs[0])} ({100 * lo / cs[0]:.0f} %)" if cs else "-"
             cap = f" (capped {t['msg_cap'] * t['senders']:,.0f})" if t["msg_cap"] else ""
+            side = corosync_for(n, t["size"], t["senders"] > 1, corosync_tput)
+            ratio = f"{lo / side[1]:.2f}x vs {side[1]:,.0f} ({side[0]})" if side else "-"
             out.append(f"| {n} | {t['size']} | {t['senders']}{cap} | {lo:,.0f} .. {max(t['msgs_per_s']):,.0f} "
                        f"| {min(t['mb_per_s']):.2f} | {t['lat_p50_ms']:.1f} / {t['lat_p99_ms']:.1f} "
-                       f"| {order_word(t)} | {f'{cs[0]:,} [{cs[1]:,}]' if cs else '-'} | {tgt} |")
+                       f"| {order_word(t)} | {f'{cs[0]:,} [{cs[1]:,}]' if cs else '-'} | {tgt} | {ratio} |")
+    out += [""] + percall_table(rows, corosync_tput)
     out += ["", "Latency, 100 B at 100 msgs/s per sender (all deliveries on all nodes; sender self-delivery)",
             "| N | order | senders | all p50 / p99 ms | self p50 / p99 ms | order check | daemon CPU % "
             f"| Corosync udp all p50/p99 ({'side by side' if corosync_lat else 'anchor'}) "
@@ -621,6 +732,11 @@ def main() -> None:
     p.add_argument("--duration-s", "--duration", type=float, default=5.0, help="throughput send window")
     p.add_argument("--batch", type=int, default=256, help="messages per send call (throughput)")
     p.add_argument("--inflight", type=int, default=2, help="connections sending at once per sender process")
+    p.add_argument("--percall", nargs="+", default=list(PERCALL_MODES), choices=list(PERCALL_MODES),
+                   help="per-call rows to measure")
+    p.add_argument("--tasks", type=int, default=16, help="per-call rows: tasks of one process sending at once")
+    p.add_argument("--cli-rate", type=float, default=60_000.0,
+                   help="per-call `ringd send` row: lines piped per second of --duration-s")
     p.add_argument("--sender-nice", type=int, default=10,
                    help="nice increment of flat-out sender processes, so subscribers are not starved of CPU "
                         "(a subscriber that falls 32 MiB behind is dropped by its daemon)")
@@ -634,11 +750,14 @@ def main() -> None:
     p.add_argument("--soak-s", type=float, default=0.0, help="full-load soak at N=3 (0 = skip)")
     p.add_argument("--json", default="bench-results/bench_ring.json")
     p.add_argument("--keep", action="store_true", help="keep daemon and worker logs")
-    p.add_argument("--parts", nargs="+", default=["throughput", "latency", "failover"],
-                   choices=["throughput", "latency", "failover"], help="what to measure per N")
+    p.add_argument("--parts", nargs="+", default=["throughput", "percall", "latency", "failover"],
+                   choices=["throughput", "percall", "latency", "failover"], help="what to measure per N")
     p.add_argument("--corosync-latency", metavar="FILE",
                    help="Corosync's latency.txt from its anchor script, run beside this one: the latency "
                         "table then compares with it instead of the anchor's fixed numbers")
+    p.add_argument("--corosync-throughput", metavar="FILE",
+                   help="Corosync's throughput.txt from its anchor script, run beside this one: the "
+                        "throughput rows then give their ratio to it instead of the anchor's fixed numbers")
     p.add_argument("--daemon-set", action="append", default=[], metavar="KEY=VALUE",
                    help="a config setting for every daemon (repeatable), e.g. totem.token_timeout_s=1")
     a = p.parse_args()
@@ -651,6 +770,12 @@ def main() -> None:
             cs_lat = corosync_latency(Path(a.corosync_latency))
         except OSError as exc:
             raise SystemExit(f"bench_ring: cannot read --corosync-latency: {exc}") from None
+    cs_tput = None
+    if a.corosync_throughput:
+        try:
+            cs_tput = corosync_throughput(Path(a.corosync_throughput))
+        except OSError as exc:
+            raise SystemExit(f"bench_ring: cannot read --corosync-throughput: {exc}") from None
     try:
         result = trio.run(main_async, a)
     finally:
@@ -659,7 +784,10 @@ def main() -> None:
     if cs_lat:
         result["corosync_latency_side_by_side"] = {f"{n}x{'all' if every else '1'}": v
                                                    for (n, every), v in cs_lat.items()}
-    print(table(result["rows"], cs_lat))
+    if cs_tput:
+        result["corosync_throughput_side_by_side"] = {f"{n}x{size}x{'all' if every else '1'}": v
+                                                      for (n, size, every), v in cs_tput.items()}
+    print(table(result["rows"], cs_lat, cs_tput))
     if "soak" in result:
         print()
         print(soak_line(result["soak"]))

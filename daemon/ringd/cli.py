@@ -269,11 +269,10 @@ def events(
 
 # --- ordered delivery: ringd send / ringd subscribe ----------------------------------------
 
-# `ringd send` batches stdin lines into requests of at most this many lines / bytes, and
-# keeps this many requests in flight (the daemon handles them in order).
+# `ringd send` submits stdin lines in calls of at most this many lines / bytes (fewer
+# Python objects per line; the client coalesces the calls into requests).
 SEND_BATCH_LINES_MAX = 512
 SEND_BATCH_BYTES_MAX = 256 << 10
-SEND_IN_FLIGHT_MAX = 8
 STDIN_READ_BYTES = 1 << 16
 
 
@@ -330,26 +329,14 @@ async def _stdin_batches() -> Any:
 
 
 async def _send_main(path: Path | None, group: str, message: str | None, safe: bool) -> int:
-    import trio
-
-    sent = 0
     async with client.open_client(path) as ring:
         if message is not None:
             return await ring.send(group, message, safe=safe)
-        in_flight = trio.Semaphore(SEND_IN_FLIGHT_MAX)
-
-        async def send_batch(batch: list[bytes]) -> None:
-            nonlocal sent
-            try:
-                sent += await ring.send(group, batch, safe=safe)
-            finally:
-                in_flight.release()
-
-        async with trio.open_nursery() as nursery:
-            async for batch in _stdin_batches():
-                await in_flight.acquire()
-                nursery.start_soon(send_batch, batch)
-    return sent
+        # Each batch of lines is submitted without waiting for its reply; the client
+        # coalesces them into few requests and flush() waits until all are answered.
+        async for batch in _stdin_batches():
+            await ring.submit(group, batch, safe=safe)
+        return await ring.flush()
 
 
 @app.command()
@@ -371,12 +358,15 @@ async def _subscribe_main(path: Path | None, group: str) -> bool:
 
     async with client.open_client(path) as ring, trio.open_nursery() as nursery:
 
-        async def stop_on_signal() -> None:
+        async def stop_on_signal(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                task_status.started()
                 async for _ in signals:
                     nursery.cancel_scope.cancel()
 
-        nursery.start_soon(stop_on_signal)
+        # Started before the join: a join answered at once would print the first events
+        # without ever letting a start_soon task install the handler.
+        await nursery.start(stop_on_signal)
         await ring.join(group)
         async for batch in ring.batches():
             lines = [json.dumps(client.event_json(e)) + "\n" for e in client.expand(batch)]
