@@ -134,6 +134,8 @@ class GroupsCore:
         self._current: ConfigChange | None = None
         # Members of the transitional configuration since the last regular one (None: none).
         self._transitional: frozenset[str] | None = None
+        # Members whose sync of the current configuration we have not delivered yet.
+        self._syncs_awaited: set[str] = set()
 
     # --- Local requests ----------------------------------------------------------------
 
@@ -225,7 +227,10 @@ class GroupsCore:
 
         Transitional: a config frame, then a "nodedown" group frame per group that lost
         members of nodes outside the configuration. Regular: a config frame and, when nodes
-        joined us (merge, first ring), a :class:`GroupSync` payload listing our members.
+        joined us (merge, first ring), a :class:`GroupSync` payload listing our members; also
+        when the previous configuration ended before every sync of its merge was delivered
+        (its members may then hold different views, and moving on together, as a subset,
+        would otherwise keep them different for good).
         """
         members = frozenset(c.members)
         if c.kind is ConfigKind.TRANSITIONAL:
@@ -239,9 +244,11 @@ class GroupsCore:
         out = self._nodedown(members)
         out.extend(self._config_frames(c))
         payloads: list[bytes] = []
-        if self._transitional is None or not members <= self._transitional:
+        merged = self._transitional is None or not members <= self._transitional
+        if merged or self._syncs_awaited:
             payloads.append(self._encode(self._sync_payload()))
             self.stats.syncs_sent += 1
+            self._syncs_awaited = set(members)
         self._transitional = None
         self._current = c
         return out, payloads
@@ -285,6 +292,7 @@ class GroupsCore:
 
     def _deliver_sync(self, msg: GroupSync) -> list[ToClient]:
         self.stats.syncs_received += 1
+        self._syncs_awaited.discard(msg.node)
         listed: dict[str, set[str]] = {}
         for gm in msg.members:
             listed.setdefault(gm.group, set()).add(gm.member)

@@ -345,7 +345,7 @@ class NodeCore:
             return
         if self.name not in eligible:
             if self.active:
-                self._become_observer()
+                self._become_observer(leaving=self.name not in alive)
             return
         if not self.active:
             self._out.append(Log(level="info", text="room in the ring: joining it"))
@@ -380,17 +380,22 @@ class NodeCore:
             self._run(self.totem.handle(Publish(msg_id=msg_id, payload=pub.payload, safe=pub.safe),
                                         now), now)
 
-    def _become_observer(self) -> None:
-        """Stop running Totem. Messages our processor accepted but has not delivered may or
-        may not have reached the ring: their senders get an error rather than a guess."""
+    def _become_observer(self, leaving: bool = False) -> None:
+        """Stop running Totem (the ring is full, or we are leaving the cluster). Messages
+        our processor accepted but has not delivered may or may not have reached the ring:
+        their senders get an error rather than a guess."""
         was_running = self.started and self.active
         self.active = False
-        self._out.append(Log(level="warning", text=(
-            f"the ring is full (totem.ring_size_max={self.cfg.totem.ring_size_max}): this "
-            "daemon is a gossip-only observer")))
+        if leaving:
+            self._out.append(Log(level="info", text="left the ring (leaving the cluster)"))
+        else:
+            self._out.append(Log(level="warning", text=(
+                f"the ring is full (totem.ring_size_max={self.cfg.totem.ring_size_max}): this "
+                "daemon is a gossip-only observer")))
         if was_running:
+            why = "this daemon left the ring" if leaving else "this daemon became a gossip-only observer"
             for msg_id in list(self._published):
-                self._settle(msg_id, 0.0, refused="this daemon became a gossip-only observer")
+                self._settle(msg_id, 0.0, refused=why)
 
     def _totem_received(self, event: Received, now: float) -> None:
         sender = event.sender

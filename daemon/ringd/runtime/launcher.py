@@ -464,8 +464,12 @@ async def run_cluster(spec: ClusterSpec) -> int:
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(_watch_signals, nursery.cancel_scope, console)
-            for k in range(1, spec.nodes + 1):
+            # In name order (node1, node10, node11, ..., node2, ...): the ring takes the first
+            # totem.ring_size_max names, so its members come up first and form it at once,
+            # instead of each later name that sorts earlier reconfiguring it again.
+            for k in sorted(range(1, spec.nodes + 1), key=lambda k: f"node{k}"):
                 nodes.append(await _start_node(spec, cluster_name, k, directory))
+            nodes.sort(key=lambda n: int(n.name.removeprefix("node")))
             if prometheus_binary is not None:
                 prometheus = await start_prometheus(prometheus_binary, directory, prometheus_port)
                 try:

@@ -29,11 +29,16 @@ application sent to which group. Properties, each under its own code:
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ringd.sim.checkers import VIOLATIONS_PER_PROPERTY_MAX, Violation
+from ringd.core.groups import GroupsCore
+from ringd.core.totem_events import ConfigChange, ConfigKind
+from ringd.group_messages import GroupSend, GroupSync
+from ringd.messages import Message
+from ringd.sim.checkers import VIOLATIONS_PER_PROPERTY_MAX, ProcessLog, Violation
+from ringd.wire import encode_payload
 
 MessageKey = tuple[int, str, int]  # (ring seq, ring representative, seq)
 
@@ -143,4 +148,55 @@ def check_groups(histories: Iterable[ClientHistory],
             report.add("group-gap", f"{hist.pid} received {group} messages {prev} then {key} "
                        f"with no membership change between, but missed {sorted(missed)[:5]} "
                        "that others received")
+    return report.violations
+
+
+def check_group_views(processes: Iterable[ProcessLog], decode: Callable[[bytes], Message],
+                      syncs_published: Mapping[Any, set[str]]) -> list[Violation]:
+    """``group-view-agreement``: processes that deliver a group message in the same regular
+    configuration, each after every group sync published in that configuration
+    (``syncs_published``: ring id -> nodes), hold the same view of every group when they
+    deliver it.
+
+    Views are rebuilt by replaying each process's ordered deliveries and configurations into
+    a fresh :class:`GroupsCore` (the delivered view depends on nothing else), so this checks
+    the daemons' logs, not their own account of the view. Right after a merge the views of
+    members from different sides differ until the syncs are ordered; once they are, they
+    must agree (and if a configuration orders no sync at all, they must agree from its
+    start: its members were already in sync).
+    """
+    report = _Report()
+    seen: dict[tuple[Any, ...], dict[str, tuple[frozenset[str], str]]] = {}
+    syncs_in: dict[Any, set[str]] = {}
+    for proc in processes:
+        groups = GroupsCore(proc.node, encode_payload, decode)
+        regular: Any = None
+        synced: set[str] = set()
+        for entry in proc.entries:
+            if type(entry) is ConfigChange:
+                groups.on_config(entry)
+                regular = entry.ring_id if entry.kind is ConfigKind.REGULAR else None
+                synced = set()
+                continue
+            groups.on_deliver(entry)
+            if regular is None or entry.ring_id != regular:
+                continue  # transitional deliveries: the members' views may differ there
+            try:
+                msg = decode(entry.payload)
+            except Exception:  # a payload that is no group message is not ours to judge
+                continue
+            if type(msg) is GroupSync:
+                synced.add(msg.node)
+                syncs_in.setdefault(regular, set()).add(msg.node)
+            elif type(msg) is GroupSend:
+                key = (regular, entry.seq, entry.origin, entry.msg_id)
+                seen.setdefault(key, {})[proc.pid] = (frozenset(synced),
+                                                      repr(sorted(groups.members().items())))
+    for (ring, seq, origin, msg_id), by_pid in seen.items():
+        need = syncs_in.get(ring, set()) | syncs_published.get(ring, set())
+        views = {pid: view for pid, (synced_then, view) in by_pid.items() if synced_then >= need}
+        if len(set(views.values())) > 1:
+            detail = "; ".join(f"{pid}: {view}" for pid, view in sorted(views.items()))
+            report.add("group-view-agreement", f"message {origin}/{msg_id} (seq {seq}) of "
+                       f"regular configuration {ring}, after its syncs, met different views: {detail}")
     return report.violations

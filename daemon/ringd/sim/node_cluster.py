@@ -52,8 +52,9 @@ from ringd.core.groups import ToClient
 from ringd.core.node import INCARNATION, RING_SEQ, NodeCore
 from ringd.core.requests import ClientGone, JoinGroup, LeaveGroup, SendMessages
 from ringd.core.totem import TOTEM_MESSAGE_TYPES
-from ringd.core.totem_events import ConfigChange, Deliver, Publish, SendRefused
-from ringd.sim.checkers import FinalNode, Published
+from ringd.core.totem_events import ConfigChange, ConfigKind, Deliver, Publish, SendRefused
+from ringd.group_messages import GroupSync
+from ringd.sim.checkers import FinalNode, Published, Violation
 from ringd.sim.cluster import SimCluster, SimNode, SimRun
 from ringd.sim.options import SimOptions
 from ringd.sim.schedule import FAULT, HINT, UNDO
@@ -139,6 +140,9 @@ class NodeSimCluster(SimCluster):
         self._codec_sizes = Codec("ringd-sim")
         self.client_logs: list[ClientLog] = []
         self.sent: dict[tuple[str, str], set[bytes]] = {}  # (group, member) -> items sent
+        # Regular configuration (ring id) -> nodes that published a group sync in it.
+        self.syncs_published: dict[Any, set[str]] = {}
+        self._regular_ring: list[Any] = [None] * n
         self._clients: dict[tuple[int, int], ClientLog] = {}  # (node index, conn id) -> log
         self._request_ids = [0] * n
         self._incarnation_stored = [-1] * n
@@ -391,7 +395,12 @@ class NodeSimCluster(SimCluster):
                 self._send(node, eff.msg, (self._names[eff.dest.port],), False)
             elif tp is Deliver or tp is ConfigChange:
                 self._record(node, log, eff)  # type: ignore[arg-type]
+                if tp is ConfigChange and eff.kind is ConfigKind.REGULAR:
+                    self._regular_ring[index] = eff.ring_id
             elif tp is Publish:
+                if type(decode_payload(eff.payload)) is GroupSync:
+                    # The group sync of the configuration the node just installed.
+                    self.syncs_published.setdefault(self._regular_ring[index], set()).add(node.name)
                 self._published[(node.name, eff.msg_id)] = Published(
                     origin=node.name, msg_id=eff.msg_id, payload=eff.payload, safe=eff.safe,
                     incarnation=self._process_no[index])
@@ -422,6 +431,12 @@ class NodeSimCluster(SimCluster):
     def _is_gossip(msg: Any) -> bool:
         return type(msg) not in TOTEM_MESSAGE_TYPES
 
+    @staticmethod
+    def _stop_reason_failed(run: SimRun) -> bool:
+        """The run did not settle (the liveness checker reports that itself)."""
+        return run.stats.converged_at_s is None or any(
+            v.prop in ("core-exception", "event-budget", "timer-loop") for v in run.violations)
+
     def _send(self, node: SimNode, msg: Any, dests: tuple[str, ...], multicast: bool) -> None:
         if multicast:
             dests = tuple(d for d in dests if d != node.name)  # the core loops its own back
@@ -439,6 +454,16 @@ class NodeSimCluster(SimCluster):
                                              state=core.state.name if core.active else "OBSERVER",
                                              ring_id=core.ring_id, members=tuple(core.members))
         run.history.final = final
+        if self.options.liveness and not self._stop_reason_failed(run):
+            # After the heal every node is in one configuration with all its group syncs
+            # delivered: they must hold one view of every group.
+            views = {node.name: node.core.groups.members() for node in self.nodes
+                     if node.up and node.core is not None and node.core.active}
+            distinct = {repr(sorted(v.items())) for v in views.values()}
+            if len(distinct) > 1:
+                detail = "; ".join(f"{name}: {view}" for name, view in sorted(views.items()))
+                run.violations.append(Violation("group-final-views", f"live nodes end with "
+                                                f"different group views: {detail}"))
         core_stats: dict[str, Any] = {}
         for node in self.nodes:
             if node.core is not None:

@@ -11,8 +11,9 @@ from typing import Any
 
 from ringd.sim.checkers import Violation, check_liveness, check_safety
 from ringd.sim.cluster import DEFAULT_OPTIONS, SimCluster, SimOptions, format_trace
-from ringd.sim.group_checker import ClientHistory, check_groups
+from ringd.sim.group_checker import ClientHistory, check_group_views, check_groups
 from ringd.sim.node_cluster import NodeSimCluster
+from ringd.wire import decode_payload
 
 # What a whole-node run counts beside SimStats (``ringd simulate --json`` totals).
 NODE_COUNTERS = ("gossip_messages", "totem_messages", "group_events", "client_messages_delivered")
@@ -98,6 +99,8 @@ def run_seed(seed: int, nodes: int = 5, options: SimOptions = DEFAULT_OPTIONS) -
         violations.extend(check_groups(
             (ClientHistory(log.pid, log.member, log.frames) for log in cluster.client_logs),
             cluster.sent))
+        violations.extend(check_group_views(run.history.processes, decode_payload,
+                                            cluster.syncs_published))
     fatal = any(v.prop in ("core-exception", "event-budget", "timer-loop") for v in violations)
     violations.extend(check_safety(run.history, eventual=options.liveness))
     if options.liveness and not fatal:
