@@ -11,7 +11,7 @@ groups core, and owns everything that used to sit between them in the runtime:
   full would make the whole ring reconfigure for nothing);
 * **gossip hints**: a member that leaves the eligible set is ``PeerDead`` to Totem, one that
   enters it ``PeerAlive`` (flap damping of those hints is Totem's :class:`FlapDamper`);
-* **our own broadcasts**: a Totem ``Broadcast`` goes out as :class:`Multicast` and is handed
+* **our own broadcasts**: a Totem multicast (a :class:`Multicast` effect) goes out and is handed
   back to Totem directly (the kernel's looped-back copy is dropped unread by the runtime);
 * **client sends**: cut into Totem messages of about one datagram, tracked until ordered,
   with backpressure (:data:`UNORDERED_BYTES_MAX`) and the replies of agreed and safe sends;
@@ -66,7 +66,6 @@ from ringd.core.requests import (
 )
 from ringd.core.totem import TOTEM_MESSAGE_TYPES, TotemCore
 from ringd.core.totem_events import (
-    Broadcast,
     ConfigChange,
     Deliver,
     PeerAlive,
@@ -452,8 +451,8 @@ class NodeCore:
                     frames = self.groups.on_deliver(eff)
                     if frames:
                         out.extend(frames)
-                elif tp is Broadcast:
-                    out.append(Multicast(msg=eff.msg))
+                elif tp is Multicast:  # Totem's broadcast: out, and back to us at once
+                    out.append(eff)
                     loopback.append(eff.msg)
                 elif tp is SendTo:
                     if not self._send_to(eff, now):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from ringd.core.events import Multicast
 from ringd.messages import Message
 from ringd.totem_messages import RingId
 
@@ -63,11 +64,9 @@ class SendTo:
     msg: Message
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Broadcast:
-    """Multicast ``msg`` to every processor, including ourselves (the runtime loops it back)."""
-
-    msg: Message
+# Totem multicasts with the node's own effect: one vocabulary. The node core also hands our
+# own copy back to Totem at once (the kernel's looped-back copy would arrive late, if at all).
+Broadcast = Multicast
 
 
 class ConfigKind(enum.Enum):
@@ -111,4 +110,4 @@ class SendRefused:
     reason: str
 
 
-TotemEffect = SendTo | Broadcast | Deliver | ConfigChange | PersistRingSeq | SendRefused
+TotemEffect = SendTo | Multicast | Deliver | ConfigChange | PersistRingSeq | SendRefused
