@@ -136,6 +136,11 @@ class GroupsCore:
         self._transitional: frozenset[str] | None = None
         # Members whose sync of the current configuration we have not delivered yet.
         self._syncs_awaited: set[str] = set()
+        # The regular configuration we published our sync in (once per configuration).
+        self._synced_in: RingId | None = None
+        # Payloads to publish that came of a delivery (a sync answering another's sync);
+        # the caller publishes and clears them.
+        self.to_publish: list[bytes] = []
 
     # --- Local requests ----------------------------------------------------------------
 
@@ -218,6 +223,14 @@ class GroupsCore:
             if msg.node == d.origin and all(
                     type(gm) is GroupMember and _group_ok(gm.group)
                     and _member_of(gm.member, d.origin) for gm in msg.members):
+                current = self._current
+                if (current is not None and current.kind is ConfigKind.REGULAR
+                        and d.ring_id == current.ring_id and self._synced_in != current.ring_id):
+                    # A member syncs in this configuration and we did not: it may lack what
+                    # we know (its view came another way), so ours goes out too.
+                    self._synced_in = current.ring_id
+                    self.stats.syncs_sent += 1
+                    self.to_publish.append(self._encode(self._sync_payload()))
                 return self._deliver_sync(msg)
         self.stats.bad_payloads += 1
         return []
@@ -230,7 +243,9 @@ class GroupsCore:
         joined us (merge, first ring), a :class:`GroupSync` payload listing our members; also
         when the previous configuration ended before every sync of its merge was delivered
         (its members may then hold different views, and moving on together, as a subset,
-        would otherwise keep them different for good).
+        would otherwise keep them different for good). A member that did not sync answers
+        the first sync it delivers with its own (:attr:`to_publish`), so once anyone syncs,
+        everyone does and all end with one view.
         """
         members = frozenset(c.members)
         if c.kind is ConfigKind.TRANSITIONAL:
@@ -249,6 +264,7 @@ class GroupsCore:
             payloads.append(self._encode(self._sync_payload()))
             self.stats.syncs_sent += 1
             self._syncs_awaited = set(members)
+            self._synced_in = c.ring_id
         self._transitional = None
         self._current = c
         return out, payloads

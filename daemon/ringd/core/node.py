@@ -448,9 +448,14 @@ class NodeCore:
                         self._settle(eff.msg_id, now)
                     if self.record_deliveries:
                         out.append(eff)
-                    frames = self.groups.on_deliver(eff)
+                    groups = self.groups
+                    frames = groups.on_deliver(eff)
                     if frames:
                         out.extend(frames)
+                    if groups.to_publish:  # our sync, answering another member's
+                        for payload in groups.to_publish:
+                            self._publish(payload, None, now)
+                        groups.to_publish.clear()
                 elif tp is Multicast:  # Totem's broadcast: out, and back to us at once
                     out.append(eff)
                     loopback.append(eff.msg)

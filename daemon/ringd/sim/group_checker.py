@@ -154,9 +154,9 @@ def check_groups(histories: Iterable[ClientHistory],
 def check_group_views(processes: Iterable[ProcessLog], decode: Callable[[bytes], Message],
                       syncs_published: Mapping[Any, set[str]]) -> list[Violation]:
     """``group-view-agreement``: processes that deliver a group message in the same regular
-    configuration, each after every group sync published in that configuration
-    (``syncs_published``: ring id -> nodes), hold the same view of every group when they
-    deliver it.
+    configuration, each after the group syncs of every member of that configuration (if any
+    member synced in it: ``syncs_published`` maps ring ids to the nodes that published one
+    there), hold the same view of every group when they deliver it.
 
     Views are rebuilt by replaying each process's ordered deliveries and configurations into
     a fresh :class:`GroupsCore` (the delivered view depends on nothing else), so this checks
@@ -168,6 +168,7 @@ def check_group_views(processes: Iterable[ProcessLog], decode: Callable[[bytes],
     report = _Report()
     seen: dict[tuple[Any, ...], dict[str, tuple[frozenset[str], str]]] = {}
     syncs_in: dict[Any, set[str]] = {}
+    members_of: dict[Any, set[str]] = {}
     for proc in processes:
         groups = GroupsCore(proc.node, encode_payload, decode)
         regular: Any = None
@@ -176,6 +177,8 @@ def check_group_views(processes: Iterable[ProcessLog], decode: Callable[[bytes],
             if type(entry) is ConfigChange:
                 groups.on_config(entry)
                 regular = entry.ring_id if entry.kind is ConfigKind.REGULAR else None
+                if regular is not None:
+                    members_of[regular] = set(entry.members)
                 synced = set()
                 continue
             groups.on_deliver(entry)
@@ -193,7 +196,11 @@ def check_group_views(processes: Iterable[ProcessLog], decode: Callable[[bytes],
                 seen.setdefault(key, {})[proc.pid] = (frozenset(synced),
                                                       repr(sorted(groups.members().items())))
     for (ring, seq, origin, msg_id), by_pid in seen.items():
-        need = syncs_in.get(ring, set()) | syncs_published.get(ring, set())
+        # Once one member syncs, every member does (each answers the first sync it sees):
+        # views agree after all of them. A view of a member's processes is only corrected
+        # by that member's own sync, so one that never syncs (it crashed) leaves none due.
+        synced_any = syncs_in.get(ring) or syncs_published.get(ring)
+        need = members_of.get(ring, set()) if synced_any else set()
         views = {pid: view for pid, (synced_then, view) in by_pid.items() if synced_then >= need}
         if len(set(views.values())) > 1:
             detail = "; ".join(f"{pid}: {view}" for pid, view in sorted(views.items()))
