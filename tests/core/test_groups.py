@@ -473,3 +473,25 @@ def test_a_merge_whose_syncs_were_never_ordered_is_synced_again() -> None:
     assert a.members() == b.members() == {"g": ["a:1", "b:2"]}
     ring.reconfigure(["a", "b"])  # once synced, a plain reconfiguration sends none
     assert all(not comp.pending for comp in ring.comps)
+
+
+def test_a_member_answers_another_members_sync_with_its_own() -> None:
+    """A member that saw no reason to sync (nothing new to it) still syncs once another
+    member does in the same configuration: that member's view of it may be stale."""
+    ring = FakeRing(["a", "b"])
+    a, b = ring.cores["a"], ring.cores["b"]
+    ring.publish("b", b.join(1, 2, "g"))
+    ring.flush()
+    ring.reconfigure(["a", "b"])  # nothing new: nobody syncs
+    assert all(not comp.pending for comp in ring.comps)
+    comp = ring.comp_of("a")
+    sent = a.stats.syncs_sent
+    # b syncs in this configuration (as after an unfinished merge): a answers once.
+    ring.publish("b", encode_payload(b._sync_payload()))
+    ring.flush()
+    assert a.stats.syncs_sent == sent + 1 and len(a.to_publish) == 1
+    assert comp.ring_id == ring.comp_of("a").ring_id
+    a.to_publish.clear()
+    ring.publish("b", encode_payload(b._sync_payload()))
+    ring.flush()
+    assert a.to_publish == []  # once per configuration
