@@ -11,8 +11,9 @@ groups core, and owns everything that used to sit between them in the runtime:
   full would make the whole ring reconfigure for nothing);
 * **gossip hints**: a member that leaves the eligible set is ``PeerDead`` to Totem, one that
   enters it ``PeerAlive`` (flap damping of those hints is Totem's :class:`FlapDamper`);
-* **our own broadcasts**: a Totem multicast (a :class:`Multicast` effect) goes out and is handed
-  back to Totem directly (the kernel's looped-back copy is dropped unread by the runtime);
+* **our own broadcasts**: a Totem multicast (a :class:`Multicast` effect) goes out, and is handed
+  back to Totem at the next turn, before any other input (the kernel's looped-back copy is
+  dropped unread by the runtime);
 * **client sends**: cut into Totem messages of about one datagram, tracked until ordered,
   with backpressure (:data:`UNORDERED_BYTES_MAX`) and the replies of agreed and safe sends;
 * **slow local readers**: from the :class:`ClientBacklog` observations of the runtime it
@@ -195,6 +196,7 @@ class NodeCore:
         # Totem effects not executed yet, and our own broadcasts to hand back afterwards.
         self._work: collections.deque[Any] = collections.deque()
         self._loopback: collections.deque[Message] = collections.deque()
+        self._loopback_at = math.inf
         self._draining = False
         self._nested: list[Any] = []
         self._settled = False
@@ -243,9 +245,18 @@ class NodeCore:
             if not self._try_release(now):
                 return out
             self._drain(now)
+            self._flush_loopback(now)
             while self._deferred and self._hold_until == math.inf:
                 self._dispatch(self._deferred.popleft(), now)
             if tp is not Tick or self._hold_until != math.inf:
+                return out
+        elif self._loopback:
+            self._flush_loopback(now)
+            if self._hold_until != math.inf:  # that started a hold: this input waits for it
+                if type(event) is ClientBacklog:
+                    self._on_backlog(event)
+                elif type(event) is not Tick:
+                    self._deferred.append(event)
                 return out
         self._dispatch(event, now)
         return out
@@ -254,6 +265,8 @@ class NodeCore:
         """When the core next needs a :class:`Tick` (absolute; ``math.inf`` if never)."""
         if self._hold_until != math.inf:
             return min(self._hold_until, self._hold_poll_at)
+        if self._loopback:
+            return self._loopback_at
         if not self.started:
             return min(self._gossip_at, self._start_at)
         if not self.active:
@@ -414,7 +427,7 @@ class NodeCore:
     def _run(self, effects: list[Any], now: float) -> None:
         """Execute Totem effects in order. Effects of a nested call (a publish while
         executing) go before the rest, as a call would; our own broadcasts go back into
-        Totem once everything queued is out."""
+        Totem at the next turn (see _flush_loopback)."""
         if self._draining:
             self._nested.extend(effects)
             return
@@ -456,8 +469,10 @@ class NodeCore:
                         for payload in groups.to_publish:
                             self._publish(payload, None, now)
                         groups.to_publish.clear()
-                elif tp is Multicast:  # Totem's broadcast: out, and back to us at once
+                elif tp is Multicast:  # Totem's broadcast: out now, back to us next turn
                     out.append(eff)
+                    if not loopback:
+                        self._loopback_at = now
                     loopback.append(eff.msg)
                 elif tp is SendTo:
                     if not self._send_to(eff, now):
@@ -477,17 +492,23 @@ class NodeCore:
                     if self.record_deliveries:
                         out.append(eff)
                     self._settle(eff.msg_id, now, refused=eff.reason)
-            if loopback:
-                msg = loopback.popleft()
-                work.extend(self.totem.handle(Received(msg=msg, sender=name, source=self.address), now))
-                continue
             if self._settled and self._parked:
                 self._settled = False
                 self._unpark(now)
-                if work or loopback or nested:
+                if work or nested:
                     continue
             self._settled = False
             return
+
+    def _flush_loopback(self, now: float) -> None:
+        """Hand our own multicasts back to Totem. They wait for the next turn (a deadline of
+        ``now``, and before any other input): the datagram goes out first, so the other
+        members do not wait for our own processing of it."""
+        loopback = self._loopback
+        source = self.address
+        while loopback and self._hold_until == math.inf:
+            msg = loopback.popleft()
+            self._run(self.totem.handle(Received(msg=msg, sender=self.name, source=source), now), now)
 
     def _send_to(self, eff: SendTo, now: float) -> bool:
         """Unicast for Totem; False when a token visit must wait for slow local readers."""
