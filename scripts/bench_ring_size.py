@@ -51,8 +51,8 @@ def ring_of(socket: str) -> dict[str, Any] | None:
             "regular": (stats.get("configurations") or {}).get("regular", 0)}
 
 
-def one_try(nodes: int, window_s: float, form_timeout_s: float, settings: Sequence[str],
-            console: Console) -> dict[str, Any]:
+def one_try(nodes: int, ring_size: int, window_s: float, form_timeout_s: float,
+            settings: Sequence[str], console: Console) -> dict[str, Any]:
     directory = Path(tempfile.mkdtemp(prefix="rs-", dir="/tmp"))
     cmd = [*RINGD, "cluster", "--nodes", str(nodes), "--dir", str(directory),
            "--for", str(form_timeout_s + window_s + 30)]
@@ -89,7 +89,7 @@ def one_try(nodes: int, window_s: float, form_timeout_s: float, settings: Sequen
                 # Formed: every member of the largest ring reports that very ring, and the
                 # ring is as large as the ring size allows.
                 if set(ring_members) <= set(holders) and (
-                        formed_at is None and len(ring_members) >= expected_size(nodes)):
+                        formed_at is None and len(ring_members) >= ring_size):
                     formed_at = time.monotonic()
                     members = ring_members
                     regular_at_form = {m: views[m]["regular"] for m in members}  # type: ignore[index]
@@ -125,16 +125,7 @@ def one_try(nodes: int, window_s: float, form_timeout_s: float, settings: Sequen
     return result
 
 
-def expected_size(nodes: int) -> int:
-    """The ring size the cluster should reach: every daemon, up to the ring's maximum."""
-    return min(nodes, _ring_size_max)
-
-
-_ring_size_max = 8
-
-
 def main(argv: list[str] | None = None) -> int:
-    global _ring_size_max
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=50)
     parser.add_argument("--tries", type=int, default=5)
@@ -150,17 +141,18 @@ def main(argv: list[str] | None = None) -> int:
 
     overrides = dict(item.split("=", 1) for item in args.set)
     cfg = load_config(None, {}, overrides)  # the daemons' own defaults and --set values
-    _ring_size_max = args.ring_size or cfg.totem.ring_size_max
+    # The ring the cluster should reach: every daemon, up to the ring's maximum.
+    ring_size = min(args.nodes, args.ring_size or cfg.totem.ring_size_max)
     console = Console(stderr=True)
     rows = []
     for attempt in range(1, args.tries + 1):
         console.print(f"try {attempt}/{args.tries}: {args.nodes} daemons, ring of "
-                      f"{min(args.nodes, _ring_size_max)}")
-        row = one_try(args.nodes, args.window_s, args.form_timeout_s, args.set, console)
+                      f"{ring_size}")
+        row = one_try(args.nodes, ring_size, args.window_s, args.form_timeout_s, args.set, console)
         row["try"] = attempt
         rows.append(row)
         console.print(f"  {row}")
-    table = Table(title=f"{args.nodes} daemons on one host, ring of {min(args.nodes, _ring_size_max)}")
+    table = Table(title=f"{args.nodes} daemons on one host, ring of {ring_size}")
     for col in ("try", "formed after s", "ring size", f"reconfigurations in {args.window_s:.0f} s",
                 "host steal s"):
         table.add_column(col, justify="right")
@@ -170,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     Console().print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"nodes": args.nodes, "settings": args.set,
-                                    "ring_size": min(args.nodes, _ring_size_max),
+                                    "ring_size": ring_size,
                                     "window_s": args.window_s, "tries": rows}, indent=2))
     console.print(f"written to {args.out}")
     return 0
