@@ -274,8 +274,9 @@ def check_group_sync(subs: Iterable[SubscriberLog], settled: bool = True) -> lis
     with the same key and the same group view must see exactly the same messages and group
     events in it. After a merge the sides start with different views and each learns the
     other side's members (its own group events, as with Corosync CPG): subscribers in the
-    same segment with different views or entries are held to the same messages and the
-    same group view at its end.
+    same segment with different views or entries are held to the same messages, and to the
+    same group view at the end of the run (a configuration may end before every member's
+    sync is delivered; then the members sync again in the next one).
 
     A subscriber that joined inside a configuration (its first segment) must have seen a
     suffix of what a full observer saw. Open segments (the run ended in them) are compared
@@ -306,7 +307,12 @@ def check_group_sync(subs: Iterable[SubscriberLog], settled: bool = True) -> lis
             if msgs != ref_msgs:
                 out.append(Violation("group-sync", f"{ref.pid} and {seg.pid} in {_describe(key)} "
                                      f"delivered different messages: {_first_difference(ref_msgs, msgs)}"))
-            if None not in (ref.end_view, seg.end_view) and seg.end_view != ref.end_view:
+            # The sides' views agree once every member's group sync is delivered, which a
+            # configuration cut short may not see (the members sync again in the next one;
+            # the simulator checks that with the syncs in view): the views are held equal at
+            # the end of the run, after the probes, where every sync is long delivered.
+            if (key[1] is None and None not in (ref.end_view, seg.end_view)
+                    and seg.end_view != ref.end_view):
                 out.append(Violation("group-sync", f"{ref.pid} and {seg.pid} in {_describe(key)} "
                                      f"end with different group views: {ref.end_view} vs {seg.end_view}"))
     partial: dict[tuple[Any, Any], list[_Segment]] = {}
