@@ -145,7 +145,7 @@ class TotemConfig:
     token_timeout_s: float = knob(0.5, "token loss timeout (of a ring of two; see token_coefficient_s)", _positive)
     token_coefficient_s: float = knob(0.03, "added to the token loss timeout (and, in proportion, to consensus) per ring member beyond two, as corosync's token_coefficient: a rotation has one hop per member", _non_negative)
     token_retransmit_s: float = knob(0.1, "resend the token when no progress seen (the longest wait; see token_retransmit_min_s)", _positive)
-    token_retransmit_min_s: float = knob(0.02, "shortest wait before resending the token: the wait adapts to three of the fastest recent rotations within [token_retransmit_min_s, token_retransmit_s], so a lost token costs a few rotations", _positive)
+    token_retransmit_min_s: float = knob(0.02, "shortest wait before resending the token: the wait adapts to three rotations at the fastest recent pace, within [token_retransmit_min_s, token_retransmit_s] (token_retransmit_s if lower), so a lost token costs a few rotations", _positive)
     join_s: float = knob(0.05, "join message retransmit interval", _positive)
     consensus_s: float = knob(0.6, "time to reach consensus before failing silent members", _positive)
     merge_s: float = knob(0.2, "merge-detect interval while the token is held", _positive)
@@ -421,11 +421,6 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"config error: totem.token_retransmit_s: must be less than totem.token_timeout_s "
             f"({t.token_retransmit_s} >= {t.token_timeout_s})"
-        )
-    if t.token_retransmit_min_s > t.token_retransmit_s:
-        raise ConfigError(
-            f"config error: totem.token_retransmit_min_s: must be <= totem.token_retransmit_s "
-            f"({t.token_retransmit_min_s} > {t.token_retransmit_s})"
         )
     if t.max_messages > t.window_size:
         raise ConfigError(

@@ -12,6 +12,7 @@ from totem_harness import Harness
 from ringd.config import TotemConfig
 from ringd.core.totem import State
 from ringd.core.totem_events import ConfigKind
+from ringd.totem_messages import CommitToken, Token
 
 LOSS = 0.2
 RATE_PER_S = 200
@@ -65,6 +66,26 @@ def test_the_resend_wait_follows_the_fastest_recent_rotations(rotation_s: float)
     for i in range(50):  # a busy ring: the token rotates instead of being held
         h.publish("b", i, b"y")
         h.run_for(rotation_s)
-    wait = h.cores["a"]._token_retransmit_after()
+    core = h.cores["a"]
+    ring_token = Token(ring_id=core.ring_id, token_seq=1, seq=0, aru=0, aru_id="", rtr=(),
+                       fcc=0, backlog=0, retrans_flg=False, install=0)
+    wait = core._token_retransmit_after(ring_token)
     assert config.token_retransmit_min_s <= wait <= config.token_retransmit_s
     assert wait == pytest.approx(max(config.token_retransmit_min_s, 3 * rotation_s), rel=0.2)
+
+
+def test_the_commit_token_of_the_next_ring_is_resent_at_the_pace_of_the_last_one() -> None:
+    """Ring changes are when losing a token costs most: the commit and recovery tokens of a
+    new ring use the hop times measured on the old one (scaled to the new ring's size)."""
+    config = TotemConfig()
+    h = Harness(["a", "b", "c", "d"], config=config, latency_s=0.001)
+    h.run_until(h.operational_ring, timeout_s=3.0)
+    for i in range(50):
+        h.publish("b", i, b"y")
+        h.run_for(0.004)
+    h.crash("d")
+    core = h.cores["a"]
+    h.run_until(lambda: core.state is State.COMMIT, timeout_s=5.0)
+    commit = CommitToken(ring_id=core.ring_id, token_seq=0, members=("a", "b", "c"), entries=())
+    assert core._token_retransmit_after(commit) < config.token_retransmit_s / 2
+    h.run_until(lambda: h.operational_ring(["a", "b", "c"]), timeout_s=5.0)
