@@ -144,7 +144,8 @@ class TotemConfig:
 
     token_timeout_s: float = knob(0.5, "token loss timeout (of a ring of two; see token_coefficient_s)", _positive)
     token_coefficient_s: float = knob(0.03, "added to the token loss timeout (and, in proportion, to consensus) per ring member beyond two, as corosync's token_coefficient: a rotation has one hop per member", _non_negative)
-    token_retransmit_s: float = knob(0.1, "resend the token when no progress seen", _positive)
+    token_retransmit_s: float = knob(0.1, "resend the token when no progress seen (the longest wait; see token_retransmit_min_s)", _positive)
+    token_retransmit_min_s: float = knob(0.02, "shortest wait before resending the token: the wait adapts to three rotations at the fastest recent pace, within [token_retransmit_min_s, token_retransmit_s] (token_retransmit_s if lower), so a lost token costs a few rotations", _positive)
     join_s: float = knob(0.05, "join message retransmit interval", _positive)
     consensus_s: float = knob(0.6, "time to reach consensus before failing silent members", _positive)
     merge_s: float = knob(0.2, "merge-detect interval while the token is held", _positive)
@@ -214,7 +215,8 @@ class Config:
                                 gossip_interval_s=0.15, push_pull_interval_s=30.0, reap_dead_s=300.0),
             # One daemon per host: no CPU starvation across members, and the token timeout
             # grows with the ring (token_coefficient_s); 32 members pass the simulator.
-            totem=TotemConfig(token_timeout_s=1.0, token_retransmit_s=0.2, consensus_s=1.2,
+            totem=TotemConfig(token_timeout_s=1.0, token_retransmit_s=0.2,
+                              token_retransmit_min_s=0.01, consensus_s=1.2,
                               mtu_bytes=1400, ring_size_max=32),
         )
 

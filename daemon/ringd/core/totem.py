@@ -22,6 +22,7 @@ does not advertise its singleton ring until it hears multicast again.
 
 from __future__ import annotations
 
+import collections
 import math
 from collections.abc import Callable
 from random import Random
@@ -71,6 +72,15 @@ from ringd.totem_messages import (
 )
 
 HOLD_TOKEN_TIMEOUT_FRACTION = 0.4  # a held token is released well before others time out
+# The token is resent once it has been gone this many rotations (at the fastest recent
+# pace per hop) with no sign that the successor has it. A lost token then costs a few
+# rotations instead of a fixed token_retransmit_s: on a lossy LAN, many resends fit in one
+# token loss timeout, so loss alone no longer looks like a dead member (and a loss costs
+# milliseconds of latency). Hop times outlive a ring change, so the commit token and the
+# recovery of the next ring (the likeliest moments to lose a token) are resent as fast.
+RETRANSMIT_ROTATIONS = 3.0
+HOPS_KEPT = 16  # the recent rotations (as time per hop) the fastest is taken from
+HOPS_BEFORE_ADAPTING = 4  # until then tokens are resent after token_retransmit_s
 
 # What others send by multicast: receiving any of these shows we are not deaf to it.
 _MULTICAST_TYPES = frozenset({Mcast, Recovered, Join, MergeDetect})
@@ -151,6 +161,8 @@ class TotemCore(ReceiveMixin, GatherCommitMixin):
         # this node last processed a token in Operational (None: none since entering it).
         self._held_since = 0.0
         self._last_visit_at: float | None = None
+        # Time per hop of the latest rotations (see _token_retransmit_after).
+        self._hop_s: collections.deque[float] = collections.deque(maxlen=HOPS_KEPT)
         self._releasing = False
         # Where a held token released for a member's send goes (None: our successor).
         self._release_to: str | None = None
@@ -162,6 +174,7 @@ class TotemCore(ReceiveMixin, GatherCommitMixin):
         self._self_msg: Message | None = None  # token to ourselves (a ring of one)
         self._last_sent: tuple[str, Message] | None = None
         self._unanswered = 0  # retransmissions of _last_sent with no sign of progress
+        self._last_sent_at = 0.0  # when _last_sent was first sent
         # We failed to receive and have heard no multicast from anyone since: we keep our
         # singleton ring to ourselves (see _failed_to_receive) until multicast reaches us.
         self._deaf = False
@@ -326,8 +339,34 @@ class TotemCore(ReceiveMixin, GatherCommitMixin):
             return
         out.append(SendTo(dest=dest, msg=msg))
         self._last_sent = (dest, msg)
+        self._last_sent_at = self._now
         self._unanswered = 0
-        self._retransmit_at = self._now + self.config.token_retransmit_s
+        self._retransmit_at = self._now + self._token_retransmit_after(msg)
+
+    def _token_retransmit_after(self, token: Message) -> float:
+        """How long a forwarded ``token`` (ring or commit token) may go without a sign of
+        progress before we resend it: RETRANSMIT_ROTATIONS rotations of its ring at the
+        fastest recent time per hop, within [token_retransmit_min_s, token_retransmit_s].
+
+        The fastest, not the mean: rotations slowed by a loss elsewhere or by a held token
+        must not slow the resend of the next loss. A resend that was not needed costs a
+        duplicate token, which the successor drops (by token_seq) and acknowledges.
+        """
+        cfg = self.config
+        longest = cfg.token_retransmit_s
+        hops = self._hop_s
+        if len(hops) < HOPS_BEFORE_ADAPTING:
+            return longest
+        if type(token) is CommitToken:
+            members = len(token.members)
+        else:
+            ring = self.new_ring if self.state is State.RECOVERY else self.ring
+            members = len(ring.members) if ring is not None else 1
+        after = RETRANSMIT_ROTATIONS * members * min(hops)
+        shortest = min(cfg.token_retransmit_min_s, longest)
+        if after < shortest:
+            return shortest
+        return after if after < longest else longest
 
     def _send_join(self, out: list) -> None:
         out.append(Broadcast(msg=self.membership.join(self.highest_ring_seq)))
@@ -362,7 +401,7 @@ class TotemCore(ReceiveMixin, GatherCommitMixin):
             out.append(SendTo(dest=dest, msg=last))
             self.stats.token_retx += 1
             self._unanswered += 1
-            self._retransmit_at = now + self.config.token_retransmit_s
+            self._retransmit_at = now + self._token_retransmit_after(last)
         if now >= self._token_loss_at:
             self.stats.bump(self.stats.token_lost, self.state.name)
             self._enter_gather(Reason.TOKEN_LOSS, out)
@@ -436,7 +475,9 @@ class TotemCore(ReceiveMixin, GatherCommitMixin):
         assert ring is not None
         self.stats.token_rx += 1
         if self._last_visit_at is not None:
-            self.stats.token_rotation_s.observe(self._now - self._last_visit_at)
+            rotation = self._now - self._last_visit_at
+            self.stats.token_rotation_s.observe(rotation)
+            self._hop_s.append(rotation / len(ring.members))
         self._last_visit_at = self._now
         self._wake_pending = False  # this visit sends (or claims) what we had
         mark = len(out)

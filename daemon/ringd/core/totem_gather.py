@@ -37,6 +37,11 @@ class GatherCommitMixin:
         last = self._last_sent
         if last is None or self._unanswered < SILENT_SUCCESSOR_RETRANSMITS:
             return None
+        # Resends adapt to the rotation time (milliseconds on a fast ring): silence counts
+        # as in token_retransmit_s, so a successor starved of CPU for a moment is not failed.
+        silent_s = SILENT_SUCCESSOR_RETRANSMITS * self.config.token_retransmit_s
+        if self._now - self._last_sent_at < silent_s:
+            return None
         return {last[0]}
 
     def _consensus_timeout(self: TotemCore, out: list) -> None:
