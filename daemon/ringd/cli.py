@@ -81,7 +81,7 @@ def config_keys_epilog() -> str:
     """Every config key with its local-preset default, env var and help (for ``run --help``)."""
     defaults = Config.local()
     lines = [
-        escape("Config keys (TOML: top-level keys, and [net], [gossip], [totem] tables; flag: --set KEY=VALUE; "
+        escape("Config keys (TOML: top-level keys, and [net], [gossip], [totem], [quorum] tables; flag: --set KEY=VALUE; "
         "precedence: preset < --config file < RINGD_* env < flags). KEY = local-preset default, env var: help:"),
         "",
     ]

@@ -50,13 +50,16 @@ from ringd.core.events import (
 )
 from ringd.core.groups import ToClient
 from ringd.core.node import INCARNATION, RING_SEQ, NodeCore
+from ringd.core.quorum import EXPECTED_VOTES, QuorumStatus
 from ringd.core.requests import ClientGone, JoinGroup, LeaveGroup, SendMessages
 from ringd.core.totem import TOTEM_MESSAGE_TYPES
 from ringd.core.totem_events import ConfigChange, ConfigKind, Deliver, Publish, SendRefused
+from ringd.core.totem_state import State
 from ringd.group_messages import GroupSync
 from ringd.sim.checkers import FinalNode, Published, Violation
 from ringd.sim.cluster import SimCluster, SimNode, SimRun
 from ringd.sim.options import SimOptions
+from ringd.sim.quorum_checker import PrimaryExit, QuorumReport
 from ringd.sim.schedule import FAULT, HINT, UNDO
 from ringd.sim.trace import short_repr
 from ringd.wire import Codec, decode_payload, encode_payload
@@ -69,7 +72,7 @@ _CONN_STRIDE = 1 << 8
 CHURN_PROBABILITY = 0.5
 # Chance per load burst that one node's application reads slowly for a while.
 SLOW_READER_PROBABILITY = 0.15
-EXPECTED_REFUSALS = ("observer", "not a member", "already joined")
+EXPECTED_REFUSALS = ("observer", "not a member", "already joined", "not quorate")
 SLOW_BACKLOG_BYTES = 6 << 20  # above the node core's 4 MiB threshold
 # Chance that a fault event starves a node of CPU for a while instead.
 STARVATION_PROBABILITY = 0.2
@@ -81,8 +84,12 @@ def sim_config(name: str, options: SimOptions, nodes: int) -> Config:
     every node unless ``options.ring_size_max`` makes some of them observers."""
     base = Config.local()
     ring_size_max = options.ring_size_max or max(nodes, options.totem.ring_size_max)
+    # Every node knows the cluster's votes (as a corosync nodelist does): the setting under
+    # which one primary component is guaranteed from the very first configuration.
+    expected = nodes if options.quorum_expected_votes is None else options.quorum_expected_votes
     return replace(base, name=name, cluster_name="ringd-sim",
-                   totem=replace(options.totem, ring_size_max=ring_size_max))
+                   totem=replace(options.totem, ring_size_max=ring_size_max),
+                   quorum=replace(base.quorum, expected_votes=expected))
 
 
 @dataclass(slots=True)
@@ -154,6 +161,14 @@ class NodeSimCluster(SimCluster):
         self._active = [True] * n
         self._starving_until = [0.0] * n
         self._starve_rng = random.Random(node_rng.getrandbits(64))
+        # Quorum: what each process decided, when it stopped acting in a primary
+        # configuration, and the members of every regular configuration.
+        self._expected_stored = [0] * n
+        self._in_primary: list[Any] = [None] * n  # the primary ring a node is Operational in
+        self.quorum_reports: list[QuorumReport] = []
+        self.primary_exits: list[PrimaryExit] = []
+        self.regular_members: dict[Any, frozenset[str]] = {}
+        self._config_members: list[frozenset[str]] = [frozenset()] * n
         self.gossip_messages = 0
         self.totem_messages = 0
         self.group_events = 0
@@ -168,8 +183,25 @@ class NodeSimCluster(SimCluster):
         return self._clocks[node.index].virtual(deadline)
 
     def _observe(self, node: SimNode) -> None:
-        if node.core.active is not self._active[node.index]:
-            self._totem_process_changed(node, node.core.active)
+        core = node.core
+        if core.active is not self._active[node.index]:
+            self._totem_process_changed(node, core.active)
+        ring = self._in_primary[node.index]
+        if ring is not None and not (core.active and core.state is State.OPERATIONAL
+                                     and core.ring_id == ring):
+            self._primary_exit(node, "left Operational" if core.active else "became an observer")
+
+    def _primary_exit(self, node: SimNode, why: str) -> None:
+        index = node.index
+        ring = self._in_primary[index]
+        if ring is None:
+            return
+        self._in_primary[index] = None
+        self.primary_exits.append(PrimaryExit(at=self.now, pid=self._pid(node), node=node.name,
+                                              ring_id=ring, why=why))
+
+    def _pid(self, node: SimNode) -> str:
+        return f"{node.name}#{self._process_no[node.index]}"
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -198,7 +230,7 @@ class NodeSimCluster(SimCluster):
             incarnation=incarnation, ring_seq=node.ring_seq_stored, rng=rng,
             size_of=self._codec_sizes.size_of, encode_payload=encode_payload,
             decode_payload=decode_payload, now=self._core_now(node), record_deliveries=True,
-            msg_id_base=node.incarnation << 32)
+            msg_id_base=node.incarnation << 32, expected_votes=self._expected_stored[index])
 
     def _started(self, node: SimNode) -> None:
         index = node.index
@@ -216,6 +248,7 @@ class NodeSimCluster(SimCluster):
             self._starve_step(node)
 
     def _crash(self, node: SimNode) -> None:
+        self._primary_exit(node, "crashed")
         for log in self._clients.values():
             if log.node == node.name and log.incarnation == node.incarnation:
                 log.crashed = True
@@ -402,8 +435,13 @@ class NodeSimCluster(SimCluster):
                 self._send(node, eff.msg, (self._names[eff.dest.port],), False)
             elif tp is Deliver or tp is ConfigChange:
                 self._record(node, log, eff)  # type: ignore[arg-type]
-                if tp is ConfigChange and eff.kind is ConfigKind.REGULAR:
-                    self._regular_ring[index] = eff.ring_id
+                if tp is ConfigChange:
+                    self._config_members[index] = frozenset(eff.members)
+                    if eff.kind is ConfigKind.REGULAR:
+                        self._regular_ring[index] = eff.ring_id
+                        self.regular_members[eff.ring_id] = frozenset(eff.members)
+            elif tp is QuorumStatus:
+                self._quorum_status(node, eff)
             elif tp is Publish:
                 if type(decode_payload(eff.payload)) is GroupSync:
                     # The group sync of the configuration the node just installed.
@@ -418,6 +456,8 @@ class NodeSimCluster(SimCluster):
                     self._ring_seq_persisted(node, eff.value)
                 elif eff.key == INCARNATION:
                     self._incarnation_stored[index] = max(self._incarnation_stored[index], eff.value)
+                elif eff.key == EXPECTED_VOTES:
+                    self._expected_stored[index] = eff.value
             elif tp is MemberChanged:
                 self._trace_add(node.name, f"gossip {eff.node} {eff.old_state} -> {eff.new_state}")
             elif tp is Reply:
@@ -433,6 +473,21 @@ class NodeSimCluster(SimCluster):
                 pass
             else:
                 self._violation("unknown-effect", f"{node.name} returned {short_repr(eff)}")
+
+    def _quorum_status(self, node: SimNode, status: QuorumStatus) -> None:
+        index = node.index
+        members = self._config_members[index] if status.ring_id is not None else frozenset()
+        self.quorum_reports.append(QuorumReport(
+            at=self.now, pid=self._pid(node), ring_id=status.ring_id, kind=status.kind,
+            members=members, primary=status.primary, votes=status.votes,
+            expected_votes=status.expected_votes, reason=status.reason))
+        self._trace_add(node.name, f"quorum: {status.describe()}")
+        if self._in_primary[index] is not None and self._in_primary[index] != status.ring_id:
+            self._primary_exit(node, f"installed {status.kind} {status.ring_id}")
+        if not status.primary:
+            self._primary_exit(node, f"not primary any more ({status.reason})")
+        elif status.kind == ConfigKind.REGULAR.value:
+            self._in_primary[index] = status.ring_id
 
     def _count(self, msg: Any) -> None:
         if type(msg) in TOTEM_MESSAGE_TYPES:

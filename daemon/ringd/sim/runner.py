@@ -13,6 +13,7 @@ from ringd.sim.checkers import Violation, check_liveness, check_safety
 from ringd.sim.cluster import DEFAULT_OPTIONS, SimCluster, SimOptions, format_trace
 from ringd.sim.group_checker import ClientHistory, check_group_views, check_groups
 from ringd.sim.node_cluster import NodeSimCluster
+from ringd.sim.quorum_checker import check_quorum
 from ringd.wire import decode_payload
 
 # What a whole-node run counts beside SimStats (``ringd simulate --json`` totals).
@@ -101,6 +102,8 @@ def run_seed(seed: int, nodes: int = 5, options: SimOptions = DEFAULT_OPTIONS) -
             cluster.sent))
         violations.extend(check_group_views(run.history.processes, decode_payload,
                                             cluster.syncs_published))
+        violations.extend(check_quorum(cluster.quorum_reports, cluster.primary_exits,
+                                       cluster.regular_members))
     fatal = any(v.prop in ("core-exception", "event-budget", "timer-loop") for v in violations)
     violations.extend(check_safety(run.history, eventual=options.liveness))
     if options.liveness and not fatal:
