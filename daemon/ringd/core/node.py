@@ -298,7 +298,6 @@ class NodeCore:
             "held_out": sorted(totem.flaps.held(now)),
             "send_queue_len": len(totem.queue),
             "unordered_bytes": self.unordered_bytes,
-            "quorum": self.quorum.info(),
         }
 
     # --- dispatch -----------------------------------------------------------------------

@@ -130,6 +130,9 @@ def simulate(
             print("gossip messages: {gossip_messages}  totem messages: {totem_messages}  "
                   "group events: {group_events}  client messages delivered: "
                   "{client_messages_delivered}".format(**totals))
+            print("primary configurations: {primary_configurations}  non-primary: "
+                  "{nonprimary_configurations}  sends refused as not quorate: "
+                  "{sends_refused_not_quorate}".format(**totals))
         print(f"wall time: {wall:.2f}s  seeds/second: {rate:.1f}")
     if failures:
         raise typer.Exit(1)

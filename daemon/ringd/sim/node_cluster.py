@@ -59,7 +59,7 @@ from ringd.group_messages import GroupSync
 from ringd.sim.checkers import FinalNode, Published, Violation
 from ringd.sim.cluster import SimCluster, SimNode, SimRun
 from ringd.sim.options import SimOptions
-from ringd.sim.quorum_checker import PrimaryExit, QuorumReport
+from ringd.sim.quorum_checker import PrimaryExit, PrimaryInstall, QuorumReport
 from ringd.sim.schedule import FAULT, HINT, UNDO
 from ringd.sim.trace import short_repr
 from ringd.wire import Codec, decode_payload, encode_payload
@@ -164,7 +164,14 @@ class NodeSimCluster(SimCluster):
         # Quorum: what each process decided, when it stopped acting in a primary
         # configuration, and the members of every regular configuration.
         self._expected_stored = [0] * n
-        self._in_primary: list[Any] = [None] * n  # the primary ring a node is Operational in
+        # The ring a node's Totem is committed to (Commit, Recovery) or Operational in.
+        self._attached: list[Any] = [None] * n
+        # The regular configuration a node is in when it is primary (else None), safe
+        # messages delivered in each primary one, and (process, its log length) at every
+        # install of a primary configuration: the primary-history check's input.
+        self._primary_regular: list[Any] = [None] * n
+        self.safe_in_primary: dict[Any, set[tuple[str, int]]] = {}
+        self.primary_installs: list[PrimaryInstall] = []
         self.quorum_reports: list[QuorumReport] = []
         self.primary_exits: list[PrimaryExit] = []
         self.regular_members: dict[Any, frozenset[str]] = {}
@@ -173,6 +180,7 @@ class NodeSimCluster(SimCluster):
         self.totem_messages = 0
         self.group_events = 0
         self.client_messages_delivered = 0
+        self.sends_refused_not_quorate = 0
 
     # --- time -------------------------------------------------------------------------
 
@@ -186,17 +194,19 @@ class NodeSimCluster(SimCluster):
         core = node.core
         if core.active is not self._active[node.index]:
             self._totem_process_changed(node, core.active)
-        ring = self._in_primary[node.index]
-        if ring is not None and not (core.active and core.state is State.OPERATIONAL
-                                     and core.ring_id == ring):
-            self._primary_exit(node, "left Operational" if core.active else "became an observer")
+        attached = _attachment(core)
+        if attached != self._attached[node.index]:
+            self._detach(node, f"went to {core.state.name}" if core.active else "became an observer")
+            self._attached[node.index] = attached
 
-    def _primary_exit(self, node: SimNode, why: str) -> None:
+    def _detach(self, node: SimNode, why: str) -> None:
+        """The node left the ring it was committed to or Operational in (for the quorum
+        checker: a configuration stops being whole at the first member that does)."""
         index = node.index
-        ring = self._in_primary[index]
+        ring = self._attached[index]
         if ring is None:
             return
-        self._in_primary[index] = None
+        self._attached[index] = None
         self.primary_exits.append(PrimaryExit(at=self.now, pid=self._pid(node), node=node.name,
                                               ring_id=ring, why=why))
 
@@ -248,7 +258,7 @@ class NodeSimCluster(SimCluster):
             self._starve_step(node)
 
     def _crash(self, node: SimNode) -> None:
-        self._primary_exit(node, "crashed")
+        self._detach(node, "crashed")
         for log in self._clients.values():
             if log.node == node.name and log.incarnation == node.incarnation:
                 log.crashed = True
@@ -435,6 +445,9 @@ class NodeSimCluster(SimCluster):
                 self._send(node, eff.msg, (self._names[eff.dest.port],), False)
             elif tp is Deliver or tp is ConfigChange:
                 self._record(node, log, eff)  # type: ignore[arg-type]
+                if tp is Deliver and eff.safe and self._primary_regular[index] is not None:
+                    self.safe_in_primary.setdefault(self._primary_regular[index], set()).add(
+                        (eff.origin, eff.msg_id))
                 if tp is ConfigChange:
                     self._config_members[index] = frozenset(eff.members)
                     if eff.kind is ConfigKind.REGULAR:
@@ -464,6 +477,8 @@ class NodeSimCluster(SimCluster):
                 # Every request of the simulated applications is well-formed: the only
                 # refusals are a full window, an observer, or a join/leave raced by churn.
                 error = str(eff.body.get("error", ""))
+                if "not quorate" in error:
+                    self.sends_refused_not_quorate += 1
                 if not eff.body.get("ok") and not eff.body.get("again") and not any(
                         reason in error for reason in EXPECTED_REFUSALS):
                     self._violation("client-reply", f"{node.name}: {eff.body}")
@@ -474,6 +489,16 @@ class NodeSimCluster(SimCluster):
             else:
                 self._violation("unknown-effect", f"{node.name} returned {short_repr(eff)}")
 
+    @property
+    def primary_configurations(self) -> int:
+        """Regular configurations some member decided primary."""
+        return len({r.ring_id for r in self.quorum_reports if r.kind == "regular" and r.primary})
+
+    @property
+    def nonprimary_configurations(self) -> int:
+        """Regular configurations some member decided not primary."""
+        return len({r.ring_id for r in self.quorum_reports if r.kind == "regular" and not r.primary})
+
     def _quorum_status(self, node: SimNode, status: QuorumStatus) -> None:
         index = node.index
         members = self._config_members[index] if status.ring_id is not None else frozenset()
@@ -482,12 +507,17 @@ class NodeSimCluster(SimCluster):
             members=members, primary=status.primary, votes=status.votes,
             expected_votes=status.expected_votes, reason=status.reason))
         self._trace_add(node.name, f"quorum: {status.describe()}")
-        if self._in_primary[index] is not None and self._in_primary[index] != status.ring_id:
-            self._primary_exit(node, f"installed {status.kind} {status.ring_id}")
-        if not status.primary:
-            self._primary_exit(node, f"not primary any more ({status.reason})")
-        elif status.kind == ConfigKind.REGULAR.value:
-            self._in_primary[index] = status.ring_id
+        primary_regular = status.primary and status.kind == ConfigKind.REGULAR.value
+        if (primary_regular and status.reason == "configuration" and node.log is not None
+                and status.ring_id != self._primary_regular[index]):
+            self.primary_installs.append(PrimaryInstall(log=node.log, index=len(node.log.entries),
+                                                        ring_id=status.ring_id))
+        self._primary_regular[index] = status.ring_id if primary_regular else None
+        if (not status.primary and status.reason != "configuration"
+                and status.ring_id is not None and status.ring_id == self._attached[index]):
+            # Its configuration stopped being primary within it (expected votes raised).
+            self.primary_exits.append(PrimaryExit(at=self.now, pid=self._pid(node), node=node.name,
+                                                  ring_id=status.ring_id, why=status.reason))
 
     def _count(self, msg: Any) -> None:
         if type(msg) in TOTEM_MESSAGE_TYPES:
@@ -534,6 +564,19 @@ class NodeSimCluster(SimCluster):
                 core_stats[node.name] = {"node": vars_of(node.core.stats)}
         run.core_stats = core_stats
         return run
+
+
+def _attachment(core: NodeCore) -> Any:
+    """The ring ``core``'s Totem belongs to now: committed to it or Operational in it."""
+    if not core.active:
+        return None
+    totem = core.totem
+    state = totem.state
+    if state is State.OPERATIONAL:
+        return totem.ring_id
+    if (state is State.COMMIT or state is State.RECOVERY) and totem.commit is not None:
+        return totem.commit.ring_id
+    return None
 
 
 def vars_of(obj: Any) -> dict[str, Any]:

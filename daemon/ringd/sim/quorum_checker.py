@@ -1,8 +1,8 @@
 """Quorum checker: one primary component, as the whole-node simulator observed it.
 
 Input: every :class:`~ringd.core.quorum.QuorumStatus` a process reported (with its virtual
-time), the times a process stopped being Operational in a primary configuration it had
-installed (it entered Gather, crashed, or became an observer), and the members of every
+time), the times a node left a ring it was committed to (Commit, Recovery) or Operational
+in (it went back to Gather, crashed, or became an observer), and the members of every
 regular configuration. Properties, each under its own code:
 
 - ``quorum-agreement``: every process that installs a configuration (kind, ring id,
@@ -12,10 +12,20 @@ regular configuration. Properties, each under its own code:
   configurations one chain, totally ordered by ring seq.
 - ``dual-primary``: at most one primary component at any moment of virtual time. A
   primary configuration exists from the first moment a member installed it as primary
-  until the first moment one of its members stopped being Operational in it (after that
-  its token can no longer complete a rotation: no message becomes safe in it any more, and
-  what its other members still deliver in it was ordered in it, before its successor in
-  the chain). The existence intervals of two primary configurations never overlap.
+  until the first moment one of its members left it: went back to Gather from its Commit,
+  Recovery or Operational state, crashed, or became an observer. (After that its token can
+  no longer complete a rotation: no message becomes safe in it any more.) A member that
+  installs it after another member abandoned it (a paused process waking up to a stale
+  token) installs a configuration that is never whole: an empty interval. The existence
+  intervals of two primary configurations never overlap. Why it holds: the next primary is
+  installed only after all its members put their entries in its commit token, so after
+  their shared member (``primary-chain``) left the previous one.
+- ``primary-history``: a safe message delivered in a primary configuration C is delivered
+  by every process that installed C before that process installs a later primary
+  configuration: the history a primary component decided safely is known to the next
+  one. (Every member of C received it, and Totem's recovery delivers what the members
+  received before the next configuration. Agreed messages have no such guarantee: a
+  member cut off right after delivering one may be the only one that has it.)
 """
 
 from __future__ import annotations
@@ -25,7 +35,8 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from ringd.sim.checkers import VIOLATIONS_PER_PROPERTY_MAX, Violation
+from ringd.core.totem_events import Deliver
+from ringd.sim.checkers import VIOLATIONS_PER_PROPERTY_MAX, ProcessLog, Violation
 from ringd.totem_messages import RingId
 
 
@@ -46,13 +57,22 @@ class QuorumReport:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PrimaryExit:
-    """Process ``pid`` of ``node`` stopped being Operational in primary ring ``ring_id``."""
+    """Process ``pid`` of ``node`` left ring ``ring_id`` (or it stopped being primary)."""
 
     at: float
     pid: str
     node: str
     ring_id: RingId
     why: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PrimaryInstall:
+    """Process ``log`` installed primary ring ``ring_id`` after its first ``index`` entries."""
+
+    log: ProcessLog
+    index: int
+    ring_id: RingId
 
 
 class _Report:
@@ -109,9 +129,10 @@ def check_quorum(reports: Iterable[QuorumReport], exits: Iterable[PrimaryExit],
             if not ma & mb:
                 report.add("primary-chain", f"primary configurations {a} {_members(ma)} and "
                            f"{b} {_members(mb)} share no member (two primary components)")
-    # Existence intervals, ordered by start: each must end before the next one starts.
+    # Existence intervals, ordered by start; one never whole (ended before it began) is empty.
     intervals = sorted((start[r][0], end.get(r, (math.inf, "still primary at the end"))[0], r)
                        for r in primaries)
+    intervals = [(s, e, r) for s, e, r in intervals if e > s]
     for (s1, e1, r1), (s2, _e2, r2) in itertools.pairwise(intervals):
         if e1 > s2:
             why = end.get(r1, (math.inf, "still primary at the end"))[1]
@@ -124,4 +145,34 @@ def check_quorum(reports: Iterable[QuorumReport], exits: Iterable[PrimaryExit],
     return report.violations
 
 
-__all__ = ["PrimaryExit", "QuorumReport", "check_quorum"]
+def check_primary_history(installs: Iterable[PrimaryInstall],
+                          safe_in_primary: Mapping[RingId, set[tuple[str, int]]]) -> list[Violation]:
+    """``primary-history`` (see the module docstring)."""
+    report = _Report()
+    by_process: dict[str, list[PrimaryInstall]] = {}
+    logs: dict[str, ProcessLog] = {}
+    for inst in installs:
+        by_process.setdefault(inst.log.pid, []).append(inst)
+        logs[inst.log.pid] = inst.log
+    for pid, process_installs in by_process.items():
+        entries = logs[pid].entries
+        delivered: set[tuple[str, int]] = set()
+        done = 0
+        earlier: list[RingId] = []
+        for inst in sorted(process_installs, key=lambda i: i.index):
+            for entry in entries[done:inst.index]:
+                if type(entry) is Deliver:
+                    delivered.add((entry.origin, entry.msg_id))
+            done = inst.index
+            for ring in earlier:
+                missing = safe_in_primary.get(ring, set()) - delivered
+                if missing:
+                    report.add("primary-history",
+                               f"{pid} installed primary {inst.ring_id} without having delivered "
+                               f"{len(missing)} safe message(s) of the earlier primary {ring} it "
+                               f"was in, e.g. {sorted(missing)[:3]}")
+            earlier.append(inst.ring_id)
+    return report.violations
+
+
+__all__ = ["PrimaryExit", "PrimaryInstall", "QuorumReport", "check_primary_history", "check_quorum"]

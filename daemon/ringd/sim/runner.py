@@ -13,11 +13,12 @@ from ringd.sim.checkers import Violation, check_liveness, check_safety
 from ringd.sim.cluster import DEFAULT_OPTIONS, SimCluster, SimOptions, format_trace
 from ringd.sim.group_checker import ClientHistory, check_group_views, check_groups
 from ringd.sim.node_cluster import NodeSimCluster
-from ringd.sim.quorum_checker import check_quorum
+from ringd.sim.quorum_checker import check_primary_history, check_quorum
 from ringd.wire import decode_payload
 
 # What a whole-node run counts beside SimStats (``ringd simulate --json`` totals).
-NODE_COUNTERS = ("gossip_messages", "totem_messages", "group_events", "client_messages_delivered")
+NODE_COUNTERS = ("gossip_messages", "totem_messages", "group_events", "client_messages_delivered",
+                 "primary_configurations", "nonprimary_configurations", "sends_refused_not_quorate")
 
 
 def make_cluster(seed: int, nodes: int, options: SimOptions) -> SimCluster:
@@ -104,6 +105,7 @@ def run_seed(seed: int, nodes: int = 5, options: SimOptions = DEFAULT_OPTIONS) -
                                             cluster.syncs_published))
         violations.extend(check_quorum(cluster.quorum_reports, cluster.primary_exits,
                                        cluster.regular_members))
+        violations.extend(check_primary_history(cluster.primary_installs, cluster.safe_in_primary))
     fatal = any(v.prop in ("core-exception", "event-budget", "timer-loop") for v in violations)
     violations.extend(check_safety(run.history, eventual=options.liveness))
     if options.liveness and not fatal:
