@@ -16,6 +16,10 @@ groups core, and owns everything that used to sit between them in the runtime:
   dropped unread by the runtime);
 * **client sends**: cut into Totem messages of about one datagram, tracked until ordered,
   with backpressure (:data:`UNORDERED_BYTES_MAX`) and the replies of agreed and safe sends;
+* **quorum** (:mod:`ringd.core.quorum`): our votes ride in Totem's commit token, every
+  configuration is decided primary or not from it (a ``QuorumStatus`` effect; config frames
+  carry it, message frames are marked ``primary``), sends from a non-primary component are
+  refused by the group's policy, and expected-votes changes are ordered payloads;
 * **slow local readers**: from the :class:`ClientBacklog` observations of the runtime it
   throttles the ring (``ReadersBehind``) and holds a token visit back for a bounded time.
   Such a hold is a deadline of this core: while it lasts the core takes no input but
@@ -26,7 +30,7 @@ Inputs: gossip's (``Received``, ``Tick``, ``Start``, ``LeaveCluster``, ``SetTags
 ``SendUserEvent``), the client requests of :mod:`ringd.core.requests`, ``ClientGone`` and
 ``ClientBacklog``. Effects (one vocabulary for the whole node): ``Send`` (datagram to an
 address), ``Multicast``, ``ToClient`` (an event frame for a client connection), ``Reply``,
-``Persist``, ``ConfigChange``, ``MemberChanged``, ``UserEventDelivered``, ``Log``,
+``Persist``, ``ConfigChange``, ``QuorumStatus``, ``MemberChanged``, ``UserEventDelivered``, ``Log``,
 ``LeaveDone``, ``Fatal`` — and, when built with ``record_deliveries``, Totem's
 ``Publish``, ``SendRefused`` and ``Deliver`` (the simulator's checkers read them; the daemon
 does not need them).

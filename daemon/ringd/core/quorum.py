@@ -138,8 +138,11 @@ class QuorumCore:
         self.cfg = cfg
         self.name = name
         configured = cfg.expected_votes or (2 if cfg.two_node else 0)
-        # Our expected votes: configured or the highest total seen (persisted), raised by
-        # every larger configuration, lowered only by an ordered QuorumExpected.
+        # The highest total of votes seen in a regular configuration (persisted), and our
+        # expected votes: configured or that, raised by every larger configuration, lowered
+        # only by an ordered QuorumExpected (not persisted: a restart goes back to the
+        # conservative value).
+        self.highest_seen = expected_persisted
         self.expected_votes = max(configured, expected_persisted)
         self.waiting = cfg.wait_for_all or cfg.two_node
         self._policies = dict(cfg.group_policy)
@@ -168,8 +171,10 @@ class QuorumCore:
         self._lms_at = math.inf
         if change.kind is ConfigKind.REGULAR:
             if decision.votes > self.expected_votes:
-                # The highest total seen so far becomes our expected votes, durably.
                 self.expected_votes = decision.votes
+            if decision.votes > self.highest_seen:
+                # The highest total seen so far: the default expected votes, durably.
+                self.highest_seen = decision.votes
                 out.append(Persist(key=EXPECTED_VOTES, value=decision.votes))
             if (decision.primary and self.cfg.last_man_standing
                     and decision.votes < decision.expected_votes):
@@ -189,7 +194,6 @@ class QuorumCore:
             return out  # validated by the sender; a bad peer payload changes nothing
         self.stats.overrides += 1
         self.expected_votes = msg.expected
-        out.append(Persist(key=EXPECTED_VOTES, value=msg.expected))
         out.append(Log(level="warning", text=(
             f"quorum: expected votes set to {msg.expected} ({msg.reason}, by {msg.by})")))
         # Every member applies the same value here, so their entries change alike.
@@ -230,8 +234,10 @@ class QuorumCore:
         return self._policies.get(group, self.cfg.nonprimary_sends)
 
     def refuses(self, group: str, safe: bool) -> bool:
-        """Would a send to ``group`` be refused now (we are not in a primary component)?"""
-        if self.status.primary:
+        """Would a send to ``group`` be refused now (we are in a configuration that is not
+        primary)? Before the first configuration sends wait for it, as they always did; a
+        safe send's reply then says whether it was delivered in a primary component."""
+        if self.status.primary or self.status.ring_id is None:
             return False
         policy = self.policy(group)
         return policy == "all" or (policy == "safe" and safe)
