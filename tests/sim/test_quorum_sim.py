@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from ringd.config import QuorumConfig
 from ringd.core.events import Reply
 from ringd.core.requests import SendMessages
 from ringd.sim.cluster import DEFAULT_OPTIONS, WHOLE_NODE_CLOCK_DRIFT
@@ -30,7 +31,7 @@ def test_chaos_runs_have_one_primary_component(seed: int, nodes: int) -> None:
 def test_without_expected_votes_the_checker_sees_the_start_up_split_brain() -> None:
     """With the default expected votes (the highest total seen) nodes that first form rings
     apart are each primary: the checker must report it (it is why expected_votes is set)."""
-    result = run_seed(6, 5, replace(WHOLE, quorum_expected_votes=0))
+    result = run_seed(6, 5, replace(WHOLE, quorum=QuorumConfig()))
     assert {"dual-primary", "primary-chain"} <= {v.prop for v in result.violations}
 
 

@@ -86,10 +86,9 @@ def sim_config(name: str, options: SimOptions, nodes: int) -> Config:
     ring_size_max = options.ring_size_max or max(nodes, options.totem.ring_size_max)
     # Every node knows the cluster's votes (as a corosync nodelist does): the setting under
     # which one primary component is guaranteed from the very first configuration.
-    expected = nodes if options.quorum_expected_votes is None else options.quorum_expected_votes
+    quorum = options.quorum or replace(base.quorum, expected_votes=nodes)
     return replace(base, name=name, cluster_name="ringd-sim",
-                   totem=replace(options.totem, ring_size_max=ring_size_max),
-                   quorum=replace(base.quorum, expected_votes=expected))
+                   totem=replace(options.totem, ring_size_max=ring_size_max), quorum=quorum)
 
 
 @dataclass(slots=True)
