@@ -678,7 +678,7 @@ class NodeCore:
             return
         if self.quorum.refuses(req.group, req.safe):
             self.quorum.stats.sends_refused += 1
-            self._reply(req.request_id, {"ok": False, "error": "send refused: " +
+            self._reply(req.request_id, {"ok": False, "error": "refused, " +
                                          self.quorum.refusal(req.group, req.safe)})
             return
         limit = self.cfg.totem.message_bytes_max
