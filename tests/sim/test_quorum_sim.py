@@ -28,6 +28,14 @@ def test_chaos_runs_have_one_primary_component(seed: int, nodes: int) -> None:
     assert result.stats["nonprimary_configurations"] > 0
 
 
+def test_weighted_votes_keep_one_primary_component() -> None:
+    opts = replace(WHOLE, weighted_votes=True)
+    assert len(set(NodeSimCluster(24, 5, opts).votes)) > 1  # not one vote each
+    result = run_seed(24, 5, opts)
+    assert result.ok, "\n".join(str(v) for v in result.violations) + "\n" + result.repro
+    assert result.stats["primary_configurations"] > 0 and result.stats["nonprimary_configurations"] > 0
+
+
 def test_without_expected_votes_the_checker_sees_the_start_up_split_brain() -> None:
     """With the default expected votes (the highest total seen) nodes that first form rings
     apart are each primary: the checker must report it (it is why expected_votes is set)."""

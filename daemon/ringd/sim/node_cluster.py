@@ -79,14 +79,17 @@ STARVATION_PROBABILITY = 0.2
 UNDO_STARVE, STARVE_AGAIN = 3, 4  # beside schedule.UNDO_PARTITION/CRASH/PAUSE
 
 
-def sim_config(name: str, options: SimOptions, nodes: int) -> Config:
+def sim_config(name: str, options: SimOptions, nodes: int, votes: int = 1,
+               total_votes: int | None = None) -> Config:
     """The daemon's ``local`` preset with the simulation's Totem settings; the ring takes
-    every node unless ``options.ring_size_max`` makes some of them observers."""
+    every node unless ``options.ring_size_max`` makes some of them observers. ``votes``:
+    this node's quorum votes, ``total_votes`` the whole cluster's (default: one each)."""
     base = Config.local()
     ring_size_max = options.ring_size_max or max(nodes, options.totem.ring_size_max)
     # Every node knows the cluster's votes (as a corosync nodelist does): the setting under
     # which one primary component is guaranteed from the very first configuration.
-    quorum = options.quorum or replace(base.quorum, expected_votes=nodes)
+    quorum = options.quorum or replace(base.quorum, expected_votes=total_votes or nodes)
+    quorum = replace(quorum, votes=votes)
     return replace(base, name=name, cluster_name="ringd-sim",
                    totem=replace(options.totem, ring_size_max=ring_size_max), quorum=quorum)
 
@@ -163,6 +166,11 @@ class NodeSimCluster(SimCluster):
         # Quorum: what each process decided, when it stopped acting in a primary
         # configuration, and the members of every regular configuration.
         self._expected_stored = [0] * n
+        # Quorum votes per node: 1 each, or drawn from the seed (its own stream, so the
+        # other streams stay what they were).
+        votes_rng = random.Random(seed * 7919 + 17)
+        self.votes = tuple(votes_rng.randint(1, 3) if options.weighted_votes else 1
+                           for _ in range(n))
         # The ring a node's Totem is committed to (Commit, Recovery) or Operational in.
         self._attached: list[Any] = [None] * n
         # The regular configuration a node is in when it is primary (else None), safe
@@ -235,7 +243,8 @@ class NodeSimCluster(SimCluster):
         incarnation = self._incarnation_stored[index] + 1
         self._incarnation_stored[index] = incarnation
         return NodeCore(
-            sim_config(node.name, self.options, len(self.nodes)), address=node.address, seeds=[],
+            sim_config(node.name, self.options, len(self.nodes), self.votes[index], sum(self.votes)),
+            address=node.address, seeds=[],
             incarnation=incarnation, ring_seq=node.ring_seq_stored, rng=rng,
             size_of=self._codec_sizes.size_of, encode_payload=encode_payload,
             decode_payload=decode_payload, now=self._core_now(node), record_deliveries=True,

@@ -62,6 +62,7 @@ class SimOptions:
     starve_all_until_s: float = 0.0  # whole node: every node is CPU-starved from its start until then
     starve_slice_max_s: float = 0.06  # whole node: longest a starved node waits for the CPU
     quorum: QuorumConfig | None = None  # whole node: None = defaults with expected_votes = nodes
+    weighted_votes: bool = False  # whole node: each node has 1-3 quorum votes (drawn from the seed)
     totem: TotemConfig = SIM_TOTEM
     network: NetworkOptions = NetworkOptions()
     trace_len: int = 300

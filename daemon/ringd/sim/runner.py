@@ -84,7 +84,7 @@ def repro_command(seed: int, nodes: int, options: SimOptions,
                                      "starvation", "clock_drift_max",
                                      "network", "core_factory", "fault_interval_s", "loss_max",
                                      "duplication_max", "burst_interval_s", "liveness_s",
-                                     "liveness_loss", "flood_probability", "quorum")
+                                     "liveness_loss", "flood_probability", "quorum", "weighted_votes")
                    if getattr(options, name) != getattr(defaults, name)]
     if unexpressed:
         parts.append(f"# plus non-default options: {', '.join(unexpressed)}")
