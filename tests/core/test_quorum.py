@@ -123,6 +123,9 @@ def test_last_man_standing_proposes_the_votes_present_after_its_window() -> None
     q.on_expected(proposal, Deliver(ring_id=ring, seq=9, origin="a", msg_id=3, payload=b"",
                                     safe=False), 111.0)
     assert q.status.expected_votes == 3 and q.vote_info.expected_votes == 3
+    # The same proposal from another member changes nothing more.
+    assert q.on_expected(replace(proposal, by="b"), Deliver(ring_id=ring, seq=10, origin="b", msg_id=4,
+                                                            payload=b"", safe=False), 111.0) == []
     # A stale proposal delivered in a later configuration is void.
     q.on_config(regular(8, entry("a", expected=3), entry("b", expected=3)), now=120.0)
     stale = QuorumExpected(expected=1, reason="last_man_standing", ring_id=ring, by="b")

@@ -128,3 +128,29 @@ def test_primary_history_checker() -> None:
                     PrimaryInstall(log=log, index=3 if log is kept else 2, ring_id=_ring(8))]
         props = {v.prop for v in check_primary_history(installs, safe)}
         assert props == (set() if ok else {"primary-history"})
+
+
+def test_last_man_standing_shrinks_expected_votes_step_by_step() -> None:
+    quorum = QuorumConfig(expected_votes=5, last_man_standing=True, last_man_standing_window_s=2.0)
+    opts = replace(WHOLE, partitions=False, crashes=False, pauses=False, starvation=False,
+                   loss=0.0, duplication=0.0, load=False, liveness=False, duration_s=1000.0,
+                   quorum=quorum)
+    cluster = NodeSimCluster(2, 5, opts)
+    cluster.begin()
+    assert cluster.run_until(15.0, cluster.converged)
+    cluster.network.split([["n0", "n1", "n2"], ["n3", "n4"]])
+    three = ["n0", "n1", "n2"]
+    assert cluster.run_until(cluster.now + 15.0, lambda: cluster.converged(three))
+    assert cluster.core("n0").quorum.status.expected_votes == 5
+    # After the window the three agree, in order, on 3 expected votes.
+    assert cluster.run_until(cluster.now + 5.0, lambda: all(
+        cluster.core(n).quorum.status.expected_votes == 3 for n in three))
+    assert all(cluster.core(n).quorum.status.primary for n in three)
+    assert not cluster.core("n3").quorum.status.primary  # the other side still expects 5
+    # Losing one more leaves 2 of 3: still primary, as it would not be out of 5.
+    cluster.network.split([["n0", "n1"], ["n2"], ["n3", "n4"]])
+    assert cluster.run_until(cluster.now + 15.0, lambda: cluster.converged(["n0", "n1"]))
+    status = cluster.core("n0").quorum.status
+    assert status.primary and (status.votes, status.expected_votes) == (2, 3)
+    frames = [f for f in _frames(cluster, "n1") if f["ev"] == "quorum"]
+    assert frames and frames[0]["reason"] == "last_man_standing" and frames[0]["expected"] == 3

@@ -192,6 +192,8 @@ class QuorumCore:
             return out  # decided in a configuration we are no longer in: void
         if msg.expected < 1:
             return out  # validated by the sender; a bad peer payload changes nothing
+        if self._entries and all(e.expected_votes == msg.expected for e in self._entries):
+            return out  # already applied (every member proposes last man standing)
         self.stats.overrides += 1
         self.expected_votes = msg.expected
         out.append(Log(level="warning", text=(
