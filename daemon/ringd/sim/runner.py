@@ -74,6 +74,8 @@ def repro_command(seed: int, nodes: int, options: SimOptions,
         defaults = hostile
     if options.loss is not None:
         parts.append(f"--loss {options.loss!r}")
+    if options.weighted_votes:
+        parts.append("--weighted-votes")
     for flag in ("partitions", "crashes", "pauses", "codec"):
         value = getattr(options, flag)
         if value != getattr(defaults, flag):
@@ -84,7 +86,7 @@ def repro_command(seed: int, nodes: int, options: SimOptions,
                                      "starvation", "clock_drift_max",
                                      "network", "core_factory", "fault_interval_s", "loss_max",
                                      "duplication_max", "burst_interval_s", "liveness_s",
-                                     "liveness_loss", "flood_probability", "quorum", "weighted_votes")
+                                     "liveness_loss", "flood_probability", "quorum")
                    if getattr(options, name) != getattr(defaults, name)]
     if unexpressed:
         parts.append(f"# plus non-default options: {', '.join(unexpressed)}")
