@@ -69,6 +69,12 @@ OVERVIEW = Dashboard(
              f'count(count_values("fingerprint", ringd_totem_ring_fingerprint{{{JOB}}}))'),
         stat("Daemons operational", "Daemons whose Totem ring is in Operational (ordering messages).",
              f'sum(ringd_totem_state{{{JOB}, state="operational"}})'),
+        stat("Primary components", "Distinct rings among quorate daemons: must be 0 or 1 (more is a "
+             "split brain; 0 = no quorum anywhere).",
+             f'count(count_values("fingerprint", ringd_totem_ring_fingerprint{{{JOB}}} and on (job, instance) '
+             f'(ringd_quorum_quorate{{{JOB}}} == 1))) or vector(0)'),
+        stat("Daemons quorate", "Daemons in the primary component / all daemons reporting.",
+             f"sum(ringd_quorum_quorate{{{JOB}}})"),
         ts("Members by state (per daemon's view)", "Each daemon's gossip view, by member state.",
            (f"ringd_gossip_members{{{JOB}}}", "{{instance}} {{state}}"), width=12),
         ts("Totem state (daemons per state)", "How many daemons are in each Totem state.",
@@ -93,6 +99,13 @@ OVERVIEW = Dashboard(
            (f"time() - max(ringd_gossip_view_last_change_timestamp_seconds{{{JOB}}})", "membership view"),
            (f"time() - max(ringd_totem_ring_last_change_timestamp_seconds{{{JOB}}})", "ring"),
            unit="s", width=12),
+        ts("Quorum", "Primary components (distinct rings among quorate daemons, must stay <= 1), "
+           "quorate daemons, and quorum flips by reason.",
+           (f'count(count_values("fingerprint", ringd_totem_ring_fingerprint{{{JOB}}} and on (job, instance) '
+            f'(ringd_quorum_quorate{{{JOB}}} == 1))) or vector(0)', "primary components"),
+           (f"sum(ringd_quorum_quorate{{{JOB}}})", "quorate daemons"),
+           (f"sum by (reason) (increase(ringd_quorum_transitions_total{{{JOB}}}[{RI}]))", "flips: {{reason}}"),
+           width=12),
         ts("Scrape targets up", "1 per answering daemon; a killed daemon drops to 0.",
            (f"up{{{JOB}}}", "{{instance}}"), width=12),
         ts("Ring size and seq", "Members of each daemon's ring and its sequence number.",

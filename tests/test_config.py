@@ -68,6 +68,13 @@ def test_preset_chosen_in_file_then_overridden(tmp_path: Path) -> None:
         ({"key_file": "/nonexistent/key"}, "key_file: /nonexistent/key is not a readable file"),
         ({"tags": "role"}, "tags: expected key=value pairs"),
         ({"tags": "k=" + "v" * 600}, "tags: 603 bytes exceeds gossip.tags_bytes_max"),
+        ({"quorum.votes": "-1"}, "quorum.votes: must be between 0 and 1000"),
+        ({"quorum.expected_votes": "x"}, "quorum.expected_votes: expected an integer"),
+        ({"quorum.nonprimary_sends": "some"}, "quorum.nonprimary_sends: must be one of safe, all, none"),
+        ({"quorum.group_policy": "locks=maybe"}, "quorum.group_policy: group 'locks': must be one of"),
+        ({"quorum.group_policy": "locks"}, "quorum.group_policy: expected key=value pairs"),
+        ({"quorum.two_node": "true", "quorum.expected_votes": "3"}, "quorum.two_node: needs quorum.expected_votes 0 or 2"),
+        ({"quorum.last_man_standing_window_s": "0"}, "quorum.last_man_standing_window_s: must be > 0"),
     ],
 )
 def test_bad_values_give_one_line_error_naming_the_key(overrides: dict[str, str], needle: str) -> None:

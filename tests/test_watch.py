@@ -56,6 +56,7 @@ def status(name: str = "node1", *, uptime_s: float = 10.0, pid: int = 4242, tote
             "stats": {"deliveries_agreed": delivered - 20, "deliveries_safe": 20, "app_sent": 40,
                       "token_rx": 500},
         }
+        out["quorum"] = {"quorate": False, "votes": 2, "expected_votes": 5, "quorum": 3}
     return out
 
 
@@ -103,6 +104,17 @@ def test_daemon_view_shows_members_ring_and_rates() -> None:
     assert "datagrams in" in text and "200" in row_of(text, "datagrams")
 
 
+def test_daemon_view_shows_quorate_or_not() -> None:
+    st = status()
+    text = render(render_daemon(sample(st), rates(None, sample(st))))
+    assert row_of(text, "quorum") == ["quorum", "not", "quorate", "(2/5", "votes,", "quorum", "3)"]
+    st["quorum"] = {"quorate": True, "votes": 3, "expected_votes": 5, "quorum": 3}
+    text = render(render_daemon(sample(st), rates(None, sample(st))))
+    assert row_of(text, "quorum")[:2] == ["quorum", "quorate"]
+    assert f"quorum        {NA}" in render(render_daemon(sample(status(totem=False)),
+                                                         rates(None, sample(status(totem=False)))))
+
+
 def test_daemon_view_without_totem_says_na() -> None:
     st = status(totem=False)
     text = render(render_daemon(sample(st), rates(None, sample(st))))
@@ -130,8 +142,8 @@ def test_cluster_view_has_a_row_per_daemon_and_members_of_first_reachable() -> N
     assert "cluster c1: 3 daemons, 2 reachable" in text
     assert row_of(text, "node1")[:2] == ["node1", "unreachable"]
     assert row_of(text, "node2") == ["node2", "up", "4242", "2/3", "operational", "7.node1", "2",
-                                     "4.0", NA, NA]
-    assert row_of(text, "node3") == ["node3", "up", "4242", "2/3", NA, NA, NA, NA, NA, NA]
+                                     "not", "quorate", "(2/5", "votes,", "quorum", "3)", "4.0", NA, NA]
+    assert row_of(text, "node3") == ["node3", "up", "4242", "2/3", NA, NA, NA, NA, NA, NA, NA]
     assert "node1: unreachable: no daemon at /tmp/node1.sock" in text
     assert "members as node2 sees them" in text
     assert "suspect" in text and "role=web,zone=a" in text

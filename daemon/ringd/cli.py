@@ -81,7 +81,7 @@ def config_keys_epilog() -> str:
     """Every config key with its local-preset default, env var and help (for ``run --help``)."""
     defaults = Config.local()
     lines = [
-        escape("Config keys (TOML: top-level keys, and [net], [gossip], [totem] tables; flag: --set KEY=VALUE; "
+        escape("Config keys (TOML: top-level keys, and [net], [gossip], [totem], [quorum] tables; flag: --set KEY=VALUE; "
         "precedence: preset < --config file < RINGD_* env < flags). KEY = local-preset default, env var: help:"),
         "",
     ]
@@ -216,9 +216,60 @@ def status(
         held = ",".join(totem.get("held_out") or []) or "-"
         print(f"totem: {totem.get('state')} ring {totem.get('ring')} members "
               f"{','.join(totem.get('members') or []) or '-'} held out {held}")
+    quorum = info.get("quorum")
+    if quorum:
+        print(f"quorum: {_quorum_line(quorum)}")
     groups = info.get("groups")
     if groups:
         print(f"groups: {len(groups.get('groups') or {})} subscribers {groups.get('subscribers')}")
+
+
+def _quorum_line(q: dict[str, Any]) -> str:
+    state = "quorate" if q.get("quorate") else "not quorate"
+    where = f" in {q.get('kind')} {q.get('ring')}" if q.get("ring") else ""
+    return (f"{state}: {q.get('votes')} of {q.get('expected_votes')} expected votes, quorum "
+            f"{q.get('quorum')}{where}")
+
+
+quorum_app = typer.Typer(help="Show this daemon's quorum, or override the expected votes.",
+                         add_completion=False)
+app.add_typer(quorum_app, name="quorum")
+
+
+@quorum_app.callback(invoke_without_command=True)
+def quorum(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help='{"quorate", "votes", "expected_votes", "quorum", ...}.')] = False,
+    socket: Annotated[Path | None, typer.Option("--socket", help=SOCKET_HELP)] = None,
+) -> None:
+    """Show whether this daemon is in a primary component (quorate), with votes present,
+    expected votes and the quorum."""
+    if ctx.invoked_subcommand is not None:
+        ctx.obj = socket
+        return
+    info = _call(client.quorum, socket)
+    if as_json:
+        print(json.dumps(info))
+        return
+    print(_quorum_line(info))
+    options = [k for k in ("wait_for_all", "last_man_standing", "two_node") if info.get(k)]
+    print(f"this daemon: {info.get('my_votes')} vote(s), expected votes {info.get('my_expected_votes')}"
+          f"{', waiting for all' if info.get('waiting') else ''}"
+          f"{', options ' + ','.join(options) if options else ''}")
+
+
+@quorum_app.command("expected")
+def quorum_expected(
+    ctx: typer.Context,
+    votes: Annotated[int, typer.Argument(min=1, max=100000, help="The new expected votes.")],
+    socket: Annotated[Path | None, typer.Option("--socket", help=SOCKET_HELP)] = None,
+) -> None:
+    """Operator override: every member of this daemon's configuration sets its expected votes
+    to VOTES (ordered through the ring and logged on every daemon). Lowering it can make a
+    minority primary: only do it when the other side is known to be down."""
+    path = socket if socket is not None else ctx.obj
+    _call(client.set_expected_votes, path, votes)
+    print(f"expected votes set to {votes} (ordered through the ring; see `ringd quorum`)")
 
 
 @app.command()

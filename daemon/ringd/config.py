@@ -166,6 +166,49 @@ class TotemConfig:
                               "gossip-only observers", _between(1, 256))
 
 
+NONPRIMARY_POLICIES = ("safe", "all", "none")
+
+
+def _policy(v: Any) -> str | None:
+    return None if v in NONPRIMARY_POLICIES else f"must be one of {', '.join(NONPRIMARY_POLICIES)}"
+
+
+def _group_policies(v: Any) -> str | None:
+    for group, policy in v:
+        if not group:
+            return "empty group name"
+        if problem := _policy(policy):
+            return f"group {group!r}: {problem}"
+    return None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QuorumConfig:
+    """Quorum: which configuration is the primary component (votequorum's option names).
+
+    A configuration is primary when its members' votes reach the quorum,
+    ``expected // 2 + 1``, where ``expected`` is the highest of the members' expected votes
+    and of the votes present. ``two_node``: a quorum of 1 when expected is 2.
+    """
+
+    votes: int = knob(1, "votes this daemon brings to a configuration", _between(0, 1000))
+    expected_votes: int = knob(0, "votes of the whole cluster (0 = the highest total of votes "
+                               "ever seen in a regular configuration, persisted)", _between(0, 100000))
+    wait_for_all: bool = knob(False, "after a start, primary only once a configuration held all "
+                              "expected votes (or joins members already in a primary component)")
+    last_man_standing: bool = knob(False, "after a stable loss, expected votes shrink to the "
+                                   "votes present (one step per window)")
+    last_man_standing_window_s: float = knob(10.0, "how long a primary configuration must stay "
+                                             "before last_man_standing shrinks expected votes", _positive)
+    two_node: bool = knob(False, "two daemons of 1 vote: either alone is primary (implies "
+                          "wait_for_all; needs fencing to be safe)")
+    nonprimary_sends: str = knob("safe", "sends refused from a non-primary component: safe "
+                                 "(safe sends refused, agreed delivered marked primary=false), "
+                                 "all, or none (everything delivered, marked)", _policy)
+    group_policy: tuple[tuple[str, str], ...] = knob(
+        (), "per-group nonprimary_sends (group=safe|all|none, comma-separated)", _group_policies)
+
+
 def _default_name() -> str:
     host = re.sub(r"[^A-Za-z0-9_.\-]", "-", socket.gethostname())[:63] or "ringd"
     return host if host[0].isalnum() else "n" + host[:62]
@@ -199,6 +242,7 @@ class Config:
     net: NetConfig = field(default_factory=NetConfig)
     gossip: GossipConfig = field(default_factory=GossipConfig)
     totem: TotemConfig = field(default_factory=TotemConfig)
+    quorum: QuorumConfig = field(default_factory=QuorumConfig)
 
     @classmethod
     def local(cls) -> Config:
@@ -244,7 +288,8 @@ class Config:
 
 
 PRESETS: dict[str, Callable[[], Config]] = {"local": Config.local, "lan": Config.lan}
-_SECTIONS = {"net": NetConfig, "gossip": GossipConfig, "totem": TotemConfig}
+_SECTIONS = {"net": NetConfig, "gossip": GossipConfig, "totem": TotemConfig,
+             "quorum": QuorumConfig}
 
 
 def knobs() -> dict[str, dataclasses.Field[Any]]:
@@ -427,6 +472,12 @@ def validate(cfg: Config) -> None:
             f"config error: totem.max_messages: must be <= totem.window_size "
             f"({t.max_messages} > {t.window_size})"
         )
+    q = cfg.quorum
+    if q.two_node and q.expected_votes not in (0, 2):
+        raise ConfigError(f"config error: quorum.two_node: needs quorum.expected_votes 0 or 2 "
+                          f"(got {q.expected_votes})")
+    if q.two_node and q.votes != 1:
+        raise ConfigError(f"config error: quorum.two_node: needs quorum.votes = 1 (got {q.votes})")
     if any(not k for k, _ in cfg.tags):
         raise ConfigError("config error: tags: empty tag name")
     tag_bytes = sum(len(k.encode()) + len(v.encode()) + 2 for k, v in cfg.tags)

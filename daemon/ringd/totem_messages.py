@@ -119,6 +119,12 @@ class CommitEntry(Message):
     aru: int
     high_delivered: int
     high_received: int
+    # Quorum inputs of this member (see ringd.core.quorum). They travel in the commit token
+    # so that every member of the new ring decides primary / not primary from the same data.
+    votes: int = 1
+    expected_votes: int = 0
+    waiting: bool = False  # wait_for_all: not yet in a primary component since it started
+    two_node: bool = False
 
 
 @register(39)

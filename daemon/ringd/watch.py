@@ -242,6 +242,19 @@ def ring_view(status: Mapping[str, Any] | None) -> RingView:
     )
 
 
+def quorum_text(status: Mapping[str, Any] | None) -> Text:
+    """"quorate" / "not quorate" with votes present, expected votes and the quorum, from
+    ``status["quorum"]`` ("n/a" when the daemon does not report it)."""
+    quorum = status.get("quorum") if status is not None else None
+    if not isinstance(quorum, Mapping) or not isinstance(quorum.get("quorate"), bool):
+        return Text(NA)
+    quorate = quorum["quorate"]
+    detail = (f" ({quorum.get('votes', NA)}/{quorum.get('expected_votes', NA)} votes, "
+              f"quorum {quorum.get('quorum', NA)})")
+    return Text(("quorate" if quorate else "not quorate") + detail,
+                style="green" if quorate else "bold red")
+
+
 def format_rate(value: float | None) -> str:
     """A rate per second for display: "n/a" when unknown."""
     if value is None:
@@ -289,8 +302,8 @@ def members_table(members: Sequence[Mapping[str, Any]], ring: RingView | None = 
     return table
 
 
-def ring_table(ring: RingView) -> Table:
-    """Ring state, ring id, ring members and held-out nodes as a two-column grid."""
+def ring_table(ring: RingView, quorum: Text | None = None) -> Table:
+    """Ring state, ring id, ring members, held-out nodes (and the quorum) as a grid."""
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
@@ -298,6 +311,8 @@ def ring_table(ring: RingView) -> Table:
     grid.add_row("ring id", ring.ring)
     grid.add_row("ring members", Text(_names_text(ring.members)))
     grid.add_row("held out", Text(_names_text(ring.held_out)))
+    if quorum is not None:
+        grid.add_row("quorum", quorum)
     return grid
 
 
@@ -346,7 +361,7 @@ def render_daemon(sample: Sample, now: Rates) -> RenderableType:
     return Group(
         _identity_line(sample.status),
         Text(""),
-        ring_table(ring),
+        ring_table(ring, quorum_text(sample.status)),
         Text(""),
         members_table(sample.members or [], ring),
         Text(""),
@@ -365,7 +380,7 @@ def _daemon_state(sample: Sample) -> Text:
 def cluster_table(samples: Sequence[Sample], now: Mapping[str, Rates]) -> Table:
     """One row per daemon of a local cluster: reachability, alive count, ring state and id."""
     table = Table(header_style="bold", box=None)
-    for column in ("node", "daemon", "pid", "alive", "ring state", "ring id", "ring size"):
+    for column in ("node", "daemon", "pid", "alive", "ring state", "ring id", "ring size", "quorum"):
         table.add_column(column)
     for column in ("deliveries/s", "datagrams in/s", "datagrams out/s"):
         table.add_column(column, justify="right")
@@ -373,14 +388,14 @@ def cluster_table(samples: Sequence[Sample], now: Mapping[str, Rates]) -> Table:
         st = sample.status
         rate = now.get(sample.target.name, {})
         if st is None:
-            table.add_row(sample.target.name, _daemon_state(sample), *[""] * 8)
+            table.add_row(sample.target.name, _daemon_state(sample), *[""] * 9)
             continue
         ring = ring_view(st)
         table.add_row(
             sample.target.name, _daemon_state(sample), str(st.get("pid", NA)),
             f"{st.get('members_alive', NA)}/{st.get('members_total', NA)}",
             _styled(ring.state, RING_STATE_STYLES), ring.ring,
-            NA if ring.members is None else str(len(ring.members)),
+            NA if ring.members is None else str(len(ring.members)), quorum_text(st),
             format_rate(rate.get("deliveries")), format_rate(rate.get("datagrams_in")),
             format_rate(rate.get("datagrams_out")),
         )

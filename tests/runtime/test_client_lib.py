@@ -349,6 +349,19 @@ def test_event_decoding_and_json() -> None:
                           "reason": "nodedown"})
     assert event_json(group) == {"type": "group", "group": "g", "members": [], "joined": [],
                                  "left": ["n2:1"], "reason": "nodedown"}
+    marked = decode_event({"ev": "message", "group": "g", "sender": "n1", "member": "n1:9", "ring": "3.n1",
+                           "seq": 10, "safe": False, "primary": False, "data": [b"x"]})
+    assert event_json(marked.messages()[0])["primary"] is False  # type: ignore[union-attr]
+    quorate = decode_event({"ev": "config", "kind": "regular", "ring": "3.n1", "members": ["n1", "n2"],
+                            "primary": True, "votes": 2, "expected": 3})
+    assert event_json(quorate) == {"type": "config", "kind": "regular", "ring": "3.n1",
+                                   "members": ["n1", "n2"], "primary": True, "votes": 2, "expected": 3}
+    change = decode_event({"ev": "quorum", "ring": "3.n1", "kind": "regular", "primary": True,
+                           "votes": 2, "expected": 2, "reason": "operator"})
+    assert change == client.QuorumEvent("3.n1", "regular", True, 2, 2, "operator")
+    assert event_json(change)["type"] == "quorum"
+    with pytest.raises(client.ProtocolError, match="field 'primary'"):
+        decode_event({"ev": "config", "kind": "regular", "ring": "3.n1", "members": [], "primary": 1})
     with pytest.raises(client.ProtocolError, match="field 'seq'"):
         decode_event({"ev": "message", "group": "g", "sender": "n", "member": "m", "ring": "r",
                       "seq": "1", "safe": False, "data": []})

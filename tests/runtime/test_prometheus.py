@@ -231,11 +231,15 @@ def test_every_dashboard_expression_has_data_and_failover_shows(stack: LocalStac
     spread = rendered(find_expr(overview, "Convergence time", "membership view"))
     since = rendered(find_expr(overview, "Time since last change", "membership view"))
     targets = rendered(find_expr(overview, "Scrape targets up"))
+    primaries = rendered(find_expr(overview, "Primary components"))
+    quorate = rendered(find_expr(overview, "Daemons quorate"))
 
     def settled(n: int) -> bool:
+        # 3 daemons, then 2 of them: one primary component of all live daemons throughout.
         return (prom.one(up) == n and prom.one(alive) == n and prom.one(views) == 1
                 and prom.one(rings) == 1 and prom.one(operational) == n
-                and prom.values(ring_size) == [n] * n)
+                and prom.values(ring_size) == [n] * n
+                and prom.one(primaries) == 1 and prom.one(quorate) == n)
 
     # A false suspicion on a loaded machine at startup may have declared a member dead: wait
     # until that has left the failover panel's window, so the kill is what it shows.

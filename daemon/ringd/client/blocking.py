@@ -149,6 +149,10 @@ class BlockingRingClient:
         """The daemon's status object."""
         return plain_reply(self.request("status"))
 
+    def quorum(self) -> dict[str, Any]:
+        """See :meth:`RingClient.quorum`."""
+        return plain_reply(self.request("quorum"))
+
     def wait_closed(self) -> None:
         """Return once the daemon closes the connection (e.g. it exited after ``leave``)."""
         try:
@@ -308,6 +312,18 @@ def members(path: str | Path | None = None, *, timeout_s: float = REQUEST_TIMEOU
     if not isinstance(out, list):
         raise ProtocolError(f"members reply without a member list: {reply!r:.80}")
     return out
+
+
+def quorum(path: str | Path | None = None, *, timeout_s: float = REQUEST_TIMEOUT_S) -> dict[str, Any]:
+    """The daemon's quorum state: quorate, votes, expected_votes, quorum, options."""
+    return request(path, "quorum", timeout_s=timeout_s)
+
+
+def set_expected_votes(path: str | Path | None, expected: int, *,
+                       timeout_s: float = REQUEST_TIMEOUT_S) -> None:
+    """Operator override: every member of the daemon's configuration sets its expected votes
+    to ``expected`` (ordered through the ring, logged by every daemon)."""
+    request(path, "quorum_expected", timeout_s=timeout_s, expected=expected)
 
 
 def leave(path: str | Path | None = None, *, timeout_s: float = REQUEST_TIMEOUT_S) -> str:

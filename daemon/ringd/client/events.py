@@ -23,6 +23,8 @@ class MessageEvent:
     seq: int
     data: bytes
     safe: bool
+    # Delivered in a primary component (None: the daemon decided no quorum).
+    primary: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,21 +39,39 @@ class MessageBatch:
     first_seq: int
     data: tuple[bytes, ...]
     safe: bool
+    primary: bool | None = None
 
     def messages(self) -> list[MessageEvent]:
         """The batch as one :class:`MessageEvent` per item."""
         return [MessageEvent(self.group, self.sender, self.member, self.ring, self.first_seq + i, item,
-                             self.safe) for i, item in enumerate(self.data)]
+                             self.safe, self.primary) for i, item in enumerate(self.data)]
 
 
 @dataclass(frozen=True, slots=True)
 class ConfigEvent:
     """A ring configuration: ``kind`` is ``"transitional"`` (the survivors of the old ring)
-    or ``"regular"`` (the new ring); ``members`` are node names."""
+    or ``"regular"`` (the new ring); ``members`` are node names. ``primary``: it holds a
+    quorum of the ``expected`` votes (``votes`` present); every member says the same."""
 
     kind: str
     ring: str
     members: tuple[str, ...]
+    primary: bool | None = None
+    votes: int | None = None
+    expected: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QuorumEvent:
+    """The quorum of our configuration changed within it (expected votes changed by the
+    operator or by last man standing), at the same place of the order on every member."""
+
+    ring: str | None
+    kind: str | None
+    primary: bool
+    votes: int
+    expected: int
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +85,8 @@ class GroupEvent:
     reason: str
 
 
-Event = MessageEvent | ConfigEvent | GroupEvent
-Batch = MessageBatch | ConfigEvent | GroupEvent
+Event = MessageEvent | ConfigEvent | GroupEvent | QuorumEvent
+Batch = MessageBatch | ConfigEvent | GroupEvent | QuorumEvent
 
 
 def _strs(frame: dict[str, Any], key: str) -> tuple[str, ...]:
@@ -83,6 +103,10 @@ def _typed(frame: dict[str, Any], key: str, tp: type) -> Any:
     return value
 
 
+def _optional(frame: dict[str, Any], key: str, tp: type) -> Any:
+    return None if frame.get(key) is None else _typed(frame, key, tp)
+
+
 def decode_event(frame: Any) -> Batch:
     """An event frame (``{"ev": ...}``) as a dataclass; :class:`ProtocolError` if invalid."""
     try:
@@ -93,9 +117,16 @@ def decode_event(frame: Any) -> Batch:
                 raise TypeError("data")
             return MessageBatch(_typed(frame, "group", str), _typed(frame, "sender", str),
                                 _typed(frame, "member", str), _typed(frame, "ring", str),
-                                _typed(frame, "seq", int), tuple(data), _typed(frame, "safe", bool))
+                                _typed(frame, "seq", int), tuple(data), _typed(frame, "safe", bool),
+                                _optional(frame, "primary", bool))
         if kind == "config":
-            return ConfigEvent(_typed(frame, "kind", str), _typed(frame, "ring", str), _strs(frame, "members"))
+            return ConfigEvent(_typed(frame, "kind", str), _typed(frame, "ring", str), _strs(frame, "members"),
+                               _optional(frame, "primary", bool), _optional(frame, "votes", int),
+                               _optional(frame, "expected", int))
+        if kind == "quorum":
+            return QuorumEvent(_optional(frame, "ring", str), _optional(frame, "kind", str),
+                               _typed(frame, "primary", bool), _typed(frame, "votes", int),
+                               _typed(frame, "expected", int), _typed(frame, "reason", str))
         if kind == "group":
             return GroupEvent(_typed(frame, "group", str), _strs(frame, "members"), _strs(frame, "joined"),
                               _strs(frame, "left"), _typed(frame, "reason", str))
@@ -116,12 +147,20 @@ def event_json(event: Event) -> dict[str, Any]:
     if isinstance(event, MessageEvent):
         out: dict[str, Any] = {"type": "message", "group": event.group, "sender": event.sender,
                                "ring": event.ring, "seq": event.seq}
+        if event.primary is not None:
+            out["primary"] = event.primary
         try:
             out["data"] = event.data.decode()
         except UnicodeDecodeError:
             out["data_b64"] = base64.b64encode(event.data).decode()
         return out
     if isinstance(event, ConfigEvent):
-        return {"type": "config", "kind": event.kind, "ring": event.ring, "members": list(event.members)}
+        out = {"type": "config", "kind": event.kind, "ring": event.ring, "members": list(event.members)}
+        if event.primary is not None:
+            out.update(primary=event.primary, votes=event.votes, expected=event.expected)
+        return out
+    if isinstance(event, QuorumEvent):
+        return {"type": "quorum", "ring": event.ring, "kind": event.kind, "primary": event.primary,
+                "votes": event.votes, "expected": event.expected, "reason": event.reason}
     return {"type": "group", "group": event.group, "members": list(event.members),
             "joined": list(event.joined), "left": list(event.left), "reason": event.reason}

@@ -224,6 +224,11 @@ class RingClient:
         """The daemon's status object (as ``ringd status --json``)."""
         return plain_reply(await self.request("status"))
 
+    async def quorum(self) -> dict[str, Any]:
+        """The quorum state: ``quorate``, ``votes`` present, ``expected_votes``, ``quorum``
+        (votes needed), the ``ring`` it was decided for, and the quorum options."""
+        return plain_reply(await self.request("quorum"))
+
     # --- events -----------------------------------------------------------------------
 
     async def batches(self) -> AsyncIterator[Batch]:

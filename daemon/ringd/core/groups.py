@@ -27,6 +27,7 @@ from typing import Any, Final
 from ringd.core.totem_events import ConfigChange, ConfigKind, Deliver
 from ringd.group_messages import GroupJoin, GroupLeave, GroupMember, GroupSend, GroupSync
 from ringd.messages import Message
+from ringd.quorum_messages import QuorumExpected
 from ringd.totem_messages import RingId
 
 GROUP_NAME_BYTES_MAX: Final = 255
@@ -141,6 +142,12 @@ class GroupsCore:
         # Payloads to publish that came of a delivery (a sync answering another's sync);
         # the caller publishes and clears them.
         self.to_publish: list[bytes] = []
+        # Quorum fields of the configuration we are in (primary, votes, expected): on
+        # configuration frames, and "primary" marks every message delivered in it. Empty
+        # when the caller decides no quorum (then frames carry no such fields).
+        self._quorum: dict[str, Any] = {}
+        # Ordered quorum payloads delivered (not group payloads); the caller takes them.
+        self.quorum_payloads: list[tuple[Deliver, QuorumExpected]] = []
 
     # --- Local requests ----------------------------------------------------------------
 
@@ -219,6 +226,9 @@ class GroupsCore:
             if (_group_ok(msg.group) and _member_of(msg.member, d.origin)
                     and msg.reason in LEAVE_REASONS):
                 return self._change(msg.group, joined=(), left=(msg.member,), reason=msg.reason)
+        elif type(msg) is QuorumExpected:
+            self.quorum_payloads.append((d, msg))
+            return []
         elif type(msg) is GroupSync:
             if msg.node == d.origin and all(
                     type(gm) is GroupMember and _group_ok(gm.group)
@@ -235,8 +245,12 @@ class GroupsCore:
         self.stats.bad_payloads += 1
         return []
 
-    def on_config(self, c: ConfigChange) -> tuple[list[ToClient], list[bytes]]:
+    def on_config(self, c: ConfigChange, quorum: dict[str, Any] | None = None
+                  ) -> tuple[list[ToClient], list[bytes]]:
         """A configuration change: frames for local conns, and payloads to publish.
+
+        ``quorum`` (primary, votes, expected) goes on the configuration frame, and its
+        ``primary`` marks the messages delivered in this configuration.
 
         Transitional: a config frame, then a "nodedown" group frame per group that lost
         members of nodes outside the configuration. Regular: a config frame and, when nodes
@@ -248,6 +262,8 @@ class GroupsCore:
         everyone does and all end with one view.
         """
         members = frozenset(c.members)
+        if quorum is not None:
+            self._quorum = dict(quorum)
         if c.kind is ConfigKind.TRANSITIONAL:
             out = self._config_frames(c)
             out.extend(self._nodedown(members))
@@ -268,6 +284,16 @@ class GroupsCore:
         self._transitional = None
         self._current = c
         return out, payloads
+
+    def on_quorum(self, quorum: dict[str, Any], reason: str) -> list[ToClient]:
+        """Our configuration's quorum changed within it (an ordered override): a quorum
+        frame for every local member connection."""
+        self._quorum = dict(quorum)
+        current = self._current
+        frame = {"ev": "quorum", "reason": reason, **quorum,
+                 "ring": None if current is None else str(current.ring_id),
+                 "kind": None if current is None else current.kind.value}
+        return [ToClient(conn=conn, frame=dict(frame)) for conn in sorted(self._member_conns())]
 
     # --- Queries -----------------------------------------------------------------------
 
@@ -303,6 +329,8 @@ class GroupsCore:
         data = list(msg.items)
         base = {"ev": "message", "group": msg.group, "sender": d.origin, "member": msg.member,
                 "ring": str(d.ring_id), "seq": first_seq, "safe": d.safe, "data": data}
+        if self._quorum:
+            base["primary"] = self._quorum["primary"]
         size = len(d.payload)
         return [ToClient(conn=conn, frame=dict(base), size=size) for conn in conns]
 
@@ -392,10 +420,9 @@ class GroupsCore:
         frame = self._config_frame(c)
         return [ToClient(conn=conn, frame=dict(frame)) for conn in sorted(self._member_conns())]
 
-    @staticmethod
-    def _config_frame(c: ConfigChange) -> dict[str, Any]:
+    def _config_frame(self, c: ConfigChange) -> dict[str, Any]:
         return {"ev": "config", "kind": c.kind.value, "ring": str(c.ring_id),
-                "members": sorted(c.members)}
+                "members": sorted(c.members), **self._quorum}
 
     def _sync_payload(self) -> GroupSync:
         # Our processes' memberships as asked locally (not only as delivered): a join or

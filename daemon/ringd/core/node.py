@@ -16,6 +16,10 @@ groups core, and owns everything that used to sit between them in the runtime:
   dropped unread by the runtime);
 * **client sends**: cut into Totem messages of about one datagram, tracked until ordered,
   with backpressure (:data:`UNORDERED_BYTES_MAX`) and the replies of agreed and safe sends;
+* **quorum** (:mod:`ringd.core.quorum`): our votes ride in Totem's commit token, every
+  configuration is decided primary or not from it (a ``QuorumStatus`` effect; config frames
+  carry it, message frames are marked ``primary``), sends from a non-primary component are
+  refused by the group's policy, and expected-votes changes are ordered payloads;
 * **slow local readers**: from the :class:`ClientBacklog` observations of the runtime it
   throttles the ring (``ReadersBehind``) and holds a token visit back for a bounded time.
   Such a hold is a deadline of this core: while it lasts the core takes no input but
@@ -26,7 +30,7 @@ Inputs: gossip's (``Received``, ``Tick``, ``Start``, ``LeaveCluster``, ``SetTags
 ``SendUserEvent``), the client requests of :mod:`ringd.core.requests`, ``ClientGone`` and
 ``ClientBacklog``. Effects (one vocabulary for the whole node): ``Send`` (datagram to an
 address), ``Multicast``, ``ToClient`` (an event frame for a client connection), ``Reply``,
-``Persist``, ``ConfigChange``, ``MemberChanged``, ``UserEventDelivered``, ``Log``,
+``Persist``, ``ConfigChange``, ``QuorumStatus``, ``MemberChanged``, ``UserEventDelivered``, ``Log``,
 ``LeaveDone``, ``Fatal`` — and, when built with ``record_deliveries``, Totem's
 ``Publish``, ``SendRefused`` and ``Deliver`` (the simulator's checkers read them; the daemon
 does not need them).
@@ -57,13 +61,16 @@ from ringd.core.events import (
 from ringd.core.gossip import GossipCore
 from ringd.core.groups import GroupOpError, GroupsCore, ToClient
 from ringd.core.histogram import Histogram
+from ringd.core.quorum import QuorumCore
 from ringd.core.requests import (
     ClientGone,
     JoinGroup,
     LeaveGroup,
     QueryMembers,
+    QueryQuorum,
     QueryRing,
     SendMessages,
+    SetExpectedVotes,
 )
 from ringd.core.totem import TOTEM_MESSAGE_TYPES, TotemCore
 from ringd.core.totem_events import (
@@ -78,6 +85,7 @@ from ringd.core.totem_events import (
     SendTo,
 )
 from ringd.messages import Address, MemberState, Message
+from ringd.quorum_messages import QuorumExpected
 from ringd.totem_messages import Token
 
 # Client bytes published but not yet ordered; beyond this, sends wait (or get try-again).
@@ -131,6 +139,8 @@ class _PendingSend:
     count: int  # application messages in it
     remaining: int  # its Totem messages not yet delivered locally
     safe: bool
+    group: str = ""
+    nonprimary: bool = False  # a message of it was delivered outside a primary component
 
 
 @dataclass(slots=True)
@@ -156,7 +166,8 @@ class NodeCore:
                  ring_seq: int, rng: Random, size_of: Callable[[Message], int],
                  encode_payload: Callable[[Message], bytes],
                  decode_payload: Callable[[bytes], Message], now: float,
-                 record_deliveries: bool = False, msg_id_base: int = 0) -> None:
+                 record_deliveries: bool = False, msg_id_base: int = 0,
+                 expected_votes: int = 0) -> None:
         self.name = cfg.node_name
         self.cfg = cfg
         self.address = address
@@ -173,6 +184,8 @@ class NodeCore:
             cfg.totem, message_bytes_max=cfg.totem.message_bytes_max + GROUP_ENVELOPE_BYTES,
             mtu_bytes=min(cfg.totem.mtu_bytes, cfg.net.datagram_bytes_max - DATAGRAM_ENVELOPE_BYTES))
         self.ring_seq_persisted = ring_seq
+        self.quorum = QuorumCore(cfg.quorum, name=cfg.node_name, expected_persisted=expected_votes)
+        self._encode_payload = encode_payload
         self.totem = self._new_totem(now)
         self.groups = GroupsCore(self.name, encode_payload, decode_payload)
         self.stats = NodeStats()
@@ -272,6 +285,9 @@ class NodeCore:
         if not self.active:
             return self._gossip_at
         totem_at = self.totem.next_deadline()
+        quorum_at = self.quorum.next_deadline()
+        if quorum_at < totem_at:
+            totem_at = quorum_at
         if self.totem.readers_behind and self._readers_check_at < totem_at:
             totem_at = self._readers_check_at
         return totem_at if totem_at < self._gossip_at else self._gossip_at
@@ -305,6 +321,8 @@ class NodeCore:
             self._on_backlog(event)
         elif tp is JoinGroup or tp is LeaveGroup or tp is QueryMembers or tp is QueryRing:
             self._request(event, now)
+        elif tp is QueryQuorum or tp is SetExpectedVotes:
+            self._quorum_request(event, now)
         elif tp is ClientGone:
             self._client_gone(event, now)
         else:  # Start, LeaveCluster, SetTags, SendUserEvent
@@ -322,6 +340,14 @@ class NodeCore:
                 self._check_readers(now)
             if now >= totem.next_deadline():
                 self._run(totem.handle(_TICK, now), now)
+            if now >= self.quorum.next_deadline():
+                lms = self.quorum.due(now)
+                if lms is not None:
+                    self._out.append(Log(level="info", text=(
+                        f"quorum: last man standing: {lms.expected} votes stayed "
+                        f"{self.cfg.quorum.last_man_standing_window_s} s; proposing them as "
+                        "expected votes")))
+                    self._publish(self._encode_payload(lms), None, now)
 
     # --- gossip -------------------------------------------------------------------------
 
@@ -372,7 +398,7 @@ class NodeCore:
 
     def _new_totem(self, now: float) -> TotemCore:
         return TotemCore(name=self.name, config=self._totem_cfg, rng=Random(self._rng.getrandbits(64)),
-                         ring_seq=self.ring_seq_persisted, now=now)
+                         ring_seq=self.ring_seq_persisted, now=now, vote_info=self.quorum.vote_info)
 
     def _start(self, now: float) -> None:
         self.started = True
@@ -404,6 +430,7 @@ class NodeCore:
             self._out.append(Log(level="warning", text=(
                 f"the ring is full (totem.ring_size_max={self.cfg.totem.ring_size_max}): this "
                 "daemon is a gossip-only observer")))
+        self._quorum_effects(self.quorum.on_observer())
         if was_running:
             why = "this daemon left the ring" if leaving else "this daemon became a gossip-only observer"
             for msg_id in list(self._published):
@@ -465,6 +492,8 @@ class NodeCore:
                     frames = groups.on_deliver(eff)
                     if frames:
                         out.extend(frames)
+                    if groups.quorum_payloads:
+                        self._quorum_payloads(now)
                     if groups.to_publish:  # our sync, answering another member's
                         for payload in groups.to_publish:
                             self._publish(payload, None, now)
@@ -480,7 +509,9 @@ class NodeCore:
                         return  # held for slow readers: the rest waits with it
                 elif tp is ConfigChange:
                     out.append(eff)
-                    frames, payloads = self.groups.on_config(eff)
+                    self._quorum_effects(self.quorum.on_config(eff, now))
+                    frames, payloads = self.groups.on_config(
+                        eff, self.quorum.status.client_fields())
                     out.extend(frames)
                     for payload in payloads:
                         self._publish(payload, None, now)
@@ -561,6 +592,42 @@ class NodeCore:
         if behind != behind_now:
             self._run(self.totem.handle(ReadersBehind(behind=behind), now), now)
 
+    # --- quorum ------------------------------------------------------------------------------
+
+    def _quorum_effects(self, effects: list[Any]) -> None:
+        """Effects of the quorum core; our commit token entry follows its inputs."""
+        self._out.extend(effects)
+        self.totem.vote_info = self.quorum.vote_info
+
+    def _quorum_payloads(self, now: float) -> None:
+        """Ordered QuorumExpected payloads: every member applies them at the same place."""
+        groups = self.groups
+        delivered, groups.quorum_payloads = groups.quorum_payloads, []
+        for d, msg in delivered:
+            before = self.quorum.status
+            effects = self.quorum.on_expected(msg, d, now)
+            self._quorum_effects(effects)
+            after = self.quorum.status
+            if after is not before:
+                self._out.extend(groups.on_quorum(after.client_fields(), after.reason))
+
+    def _quorum_request(self, req: QueryQuorum | SetExpectedVotes, now: float) -> None:
+        if type(req) is QueryQuorum:
+            self._reply(req.request_id, {"ok": True, **self.quorum.info()})
+            return
+        assert isinstance(req, SetExpectedVotes)
+        if not self.active:
+            self._reply(req.request_id, self._observer_refusal("quorum_expected"))
+            return
+        status = self.quorum.status
+        self._out.append(Log(level="warning", text=(
+            f"quorum: operator sets expected votes to {req.expected} (was "
+            f"{status.expected_votes}; {status.describe()})")))
+        msg = QuorumExpected(expected=req.expected, reason="operator",
+                             ring_id=self.totem.ring_id, by=self.name)
+        self._publish(self._encode_payload(msg), None, now)
+        self._reply(req.request_id, {"ok": True, "expected": req.expected})
+
     # --- client requests -------------------------------------------------------------------
 
     def _reply(self, request_id: int, body: dict[str, Any]) -> None:
@@ -609,6 +676,11 @@ class NodeCore:
         if not self.active:
             self._reply(req.request_id, self._observer_refusal("send"))
             return
+        if self.quorum.refuses(req.group, req.safe):
+            self.quorum.stats.sends_refused += 1
+            self._reply(req.request_id, {"ok": False, "error": "refused, " +
+                                         self.quorum.refusal(req.group, req.safe)})
+            return
         limit = self.cfg.totem.message_bytes_max
         for item in req.data:
             if len(item) > limit:
@@ -636,7 +708,7 @@ class NodeCore:
             batches[-1].append(item)
             size += len(item) + 3
         pending = _PendingSend(request_id=req.request_id, conn=req.conn, count=len(req.data),
-                               remaining=len(batches), safe=req.safe)
+                               remaining=len(batches), safe=req.safe, group=req.group)
         for batch in batches:
             try:
                 payload = self.groups.send(req.conn, req.pid, req.group, batch)
@@ -675,8 +747,19 @@ class NodeCore:
             send.request_id = None
             return
         send.remaining -= 1
+        quorum = self.quorum
+        if send.safe and quorum.refuses(send.group, True):
+            # Accepted while primary, delivered after the component lost its quorum (marked
+            # primary=false): the sender of a safe send must not take it as decided.
+            send.nonprimary = True
         if send.remaining == 0 and send.safe:
-            self._reply(send.request_id, {"ok": True, "count": send.count})
+            if send.nonprimary:
+                quorum.stats.sends_refused += 1
+                self._reply(send.request_id, {"ok": False, "error": (
+                    "delivered only in a non-primary component (marked primary=false): "
+                    + quorum.refusal(send.group, True))})
+            else:
+                self._reply(send.request_id, {"ok": True, "count": send.count})
 
     def _unpark(self, now: float) -> None:
         while self._parked and self.unordered_bytes < UNORDERED_BYTES_MAX:

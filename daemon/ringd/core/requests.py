@@ -16,6 +16,8 @@ from ringd.core.groups import GroupOpError, check_group
 
 # Application data in one send request (all items together).
 API_SEND_BYTES_MAX: Final = 1 << 20
+# Largest expected votes an operator may set (as quorum.expected_votes allows).
+EXPECTED_VOTES_MAX: Final = 100000
 
 
 class BadRequest(Exception):
@@ -77,18 +79,33 @@ class QueryRing(ClientRequest):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class QueryQuorum(ClientRequest):
+    """The quorum state: quorate, votes present, expected votes, quorum, options."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SetExpectedVotes(ClientRequest):
+    """Operator override: every member of our configuration sets its expected votes to
+    ``expected`` (ordered through the ring, logged on every daemon)."""
+
+    expected: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ClientGone:
     """Connection ``conn`` ended: its group memberships end ("disconnect")."""
 
     conn: int
 
 
-Request = JoinGroup | LeaveGroup | SendMessages | QueryMembers | QueryRing
+Request = (JoinGroup | LeaveGroup | SendMessages | QueryMembers | QueryRing | QueryQuorum
+           | SetExpectedVotes)
 
 # The ops of the client API and the request each becomes.
 OP_OF: Final[dict[type, str]] = {JoinGroup: "group_join", LeaveGroup: "group_leave",
                                  SendMessages: "send", QueryMembers: "group_members",
-                                 QueryRing: "ring"}
+                                 QueryRing: "ring", QueryQuorum: "quorum",
+                                 SetExpectedVotes: "quorum_expected"}
 API_OPS: Final = tuple(OP_OF.values())
 
 
@@ -135,4 +152,11 @@ def parse_request(op: str, request: dict[str, Any], *, conn: int, pid: int,
         return QueryMembers(**ids, group=None if request.get("group") is None else _group(request, op))
     if op == "ring":
         return QueryRing(**ids)
+    if op == "quorum":
+        return QueryQuorum(**ids)
+    if op == "quorum_expected":
+        expected = request.get("expected")
+        if type(expected) is not int or not 1 <= expected <= EXPECTED_VOTES_MAX:
+            raise BadRequest(f"quorum_expected: 'expected' must be an integer 1..{EXPECTED_VOTES_MAX}")
+        return SetExpectedVotes(**ids, expected=expected)
     raise BadRequest(f"unknown op {op!r}")

@@ -31,6 +31,7 @@ from typing import Any
 from ringd.config import TotemConfig
 from ringd.core.events import Received, Tick
 from ringd.core.totem_events import (
+    DEFAULT_VOTES,
     Broadcast,
     ConfigChange,
     ConfigKind,
@@ -42,6 +43,7 @@ from ringd.core.totem_events import (
     SendRefused,
     SendTo,
     TotemEffect,
+    VoteInfo,
 )
 from ringd.core.totem_flap import FlapDamper
 from ringd.core.totem_gather import GatherCommitMixin
@@ -128,8 +130,11 @@ class TotemCore(ReceiveMixin, GatherCommitMixin):
     """
 
     def __init__(self, *, name: str, config: TotemConfig, rng: Random, ring_seq: int = 0,
-                 now: float = 0.0) -> None:
+                 now: float = 0.0, vote_info: VoteInfo = DEFAULT_VOTES) -> None:
         self.name = name
+        # Our quorum inputs, put in our commit token entry (the node core keeps them
+        # current; set before the first Gather, which may commit a ring of one at once).
+        self.vote_info = vote_info
         self.config = config
         self.rng = rng
         self.stats = TotemStats()
@@ -321,7 +326,8 @@ class TotemCore(ReceiveMixin, GatherCommitMixin):
             deliver_old_ring(old=old, group=group, new_ring_id=new.ring_id, out=out, emit=self._emit)
             self.stats.bump(self.stats.configurations, ConfigKind.TRANSITIONAL.value)
         self.reassembler.reset()
-        out.append(ConfigChange(kind=ConfigKind.REGULAR, ring_id=new.ring_id, members=new.members))
+        out.append(ConfigChange(kind=ConfigKind.REGULAR, ring_id=new.ring_id, members=new.members,
+                                votes=tuple(self.entries[m] for m in new.members)))
         self.stats.bump(self.stats.configurations, ConfigKind.REGULAR.value)
         self.ring = new
         self.new_ring = None

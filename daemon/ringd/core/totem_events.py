@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from ringd.core.events import Multicast
 from ringd.messages import Message
-from ringd.totem_messages import RingId
+from ringd.totem_messages import CommitEntry, RingId
 
 # --- Inputs ---------------------------------------------------------------------------
 
@@ -31,6 +31,20 @@ class PeerAlive:
     """Gossip says ``node`` is alive and ring-capable (hint: may trigger a merge)."""
 
     node: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VoteInfo:
+    """What this member brings to the quorum decision of a new configuration. Totem only
+    carries it (in its commit token entry); the node core's quorum module decides."""
+
+    votes: int = 1
+    expected_votes: int = 0
+    waiting: bool = False
+    two_node: bool = False
+
+
+DEFAULT_VOTES = VoteInfo()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -93,6 +107,8 @@ class ConfigChange:
     kind: ConfigKind
     ring_id: RingId
     members: tuple[str, ...]
+    # The members' commit token entries (their quorum inputs), the same at every member.
+    votes: tuple[CommitEntry, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

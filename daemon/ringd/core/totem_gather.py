@@ -109,9 +109,10 @@ class GatherCommitMixin:
         ring = self.ring
         if ring is None:
             return commit_entry(me=self.name, old_ring_id=self.ring_id, fresh=True, aru=0,
-                                high_delivered=0, high_received=0)
+                                high_delivered=0, high_received=0, votes=self.vote_info)
         return commit_entry(me=self.name, old_ring_id=ring.ring_id, fresh=False, aru=ring.my_aru,
-                            high_delivered=ring.delivered_seq, high_received=ring.high_seq)
+                            high_delivered=ring.delivered_seq, high_received=ring.high_seq,
+                            votes=self.vote_info)
 
     def _on_commit_token(self: TotemCore, token: CommitToken, sender: str, out: list) -> None:
         self.stats.commit_token_rx += 1

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 
+from ringd.core.totem_events import DEFAULT_VOTES, VoteInfo
 from ringd.totem_messages import CommitEntry, CommitToken, Join, RingId
 
 RING_SEQ_STEP = 4  # corosync: new ring seq = highest seen + 4
@@ -131,6 +132,8 @@ def next_member(members: tuple[str, ...], me: str) -> str:
 
 
 def commit_entry(*, me: str, old_ring_id: RingId, fresh: bool, aru: int, high_delivered: int,
-                 high_received: int) -> CommitEntry:
+                 high_received: int, votes: VoteInfo = DEFAULT_VOTES) -> CommitEntry:
     return CommitEntry(node=me, old_ring_id=old_ring_id, fresh=fresh, aru=aru,
-                       high_delivered=high_delivered, high_received=high_received)
+                       high_delivered=high_delivered, high_received=high_received,
+                       votes=votes.votes, expected_votes=votes.expected_votes,
+                       waiting=votes.waiting, two_node=votes.two_node)

@@ -88,7 +88,9 @@ def deliver_old_ring(*, old: Ring, group: list[CommitEntry], new_ring_id: RingId
     old.deliver_upto(out, emit, limit=math.inf, safe_bound=high_delivered)
     msgs, ring_id, seq = old.msgs, old.ring_id, old.delivered_seq
     members = tuple(sorted(e.node for e in group))
-    out.append(ConfigChange(kind=ConfigKind.TRANSITIONAL, ring_id=new_ring_id, members=members))
+    votes = tuple(sorted(group, key=lambda e: e.node))
+    out.append(ConfigChange(kind=ConfigKind.TRANSITIONAL, ring_id=new_ring_id, members=members,
+                            votes=votes))
     for later in sorted(s for s in msgs if s > seq):
         entry = msgs[later]
         if type(entry) is Mcast:

@@ -187,6 +187,7 @@ def status_reply(daemon: DaemonView) -> dict[str, Any]:
         "gossip": plain(gossip.stats),
         "control": {**plain(daemon.control_stats), "subscribers": subscribers},
         "totem": {**daemon.ring_info(), "stats": plain(node.totem.stats), "driver": plain(node.stats)},
+        "quorum": {**node.quorum.info(), "stats": plain(node.quorum.stats)},
         "groups": {"groups": groups.members(), "subscribers": subscribers, "stats": plain(groups.stats)},
     }
 

@@ -38,6 +38,12 @@ from prometheus_client.utils import floatToGoString
 
 import ringd
 from ringd.core.histogram import Histogram
+from ringd.core.quorum import (
+    REASON_CONFIGURATION,
+    REASON_LAST_MAN_STANDING,
+    REASON_OBSERVER,
+    REASON_OPERATOR,
+)
 from ringd.core.totem_events import ConfigKind
 from ringd.core.totem_state import Reason, State
 from ringd.messages import MESSAGE_TYPES, MemberState
@@ -51,6 +57,8 @@ if TYPE_CHECKING:
 # (a rate() over a series that appears late misses its first increments).
 DROP_REASONS = (*(r.value for r in DropReason), "inbox_full", "send_error")
 CONTROL_ERROR_KINDS = ("malformed", "bad_request", "unknown_op", "busy")
+# Why the quorate state flipped (label "reason" of ringd_quorum_transitions_total).
+QUORUM_REASONS = (REASON_CONFIGURATION, REASON_OPERATOR, REASON_LAST_MAN_STANDING, REASON_OBSERVER)
 # Outcomes of requests to the metrics server itself.
 HTTP_OUTCOMES = ("ok", "bad_request", "not_found", "method_not_allowed", "too_large",
                  "timeout", "rejected", "error")
@@ -157,6 +165,7 @@ class DaemonCollector(Collector):
         yield from self._gossip_metrics()
         yield from self._totem_metrics()
         yield from self._groups_metrics()
+        yield from self._quorum_metrics()
         yield from self._transport_metrics()
         yield from self._control_metrics()
 
@@ -330,6 +339,27 @@ class DaemonCollector(Collector):
             histogram = node.latency_agreed if order == "agreed" else node.latency_safe
             latency.add_metric([order], _buckets(histogram), histogram.sum)
         yield latency
+
+    def _quorum_metrics(self) -> Iterator[Metric]:
+        quorum = self._daemon.node.quorum
+        status, stats = quorum.status, quorum.stats
+        yield _gauge("ringd_quorum_quorate",
+                     "1 when this daemon's configuration is the primary component (quorate).",
+                     1.0 if status.primary else 0.0)
+        yield _gauge("ringd_quorum_votes", "Votes present in this daemon's configuration.", status.votes)
+        yield _gauge("ringd_quorum_expected_votes",
+                     "Expected votes of this daemon's configuration (the highest any member brings).",
+                     status.expected_votes)
+        yield _gauge("ringd_quorum_quorum_votes", "Votes a configuration needs to be primary.",
+                     status.quorum)
+        yield _labelled_counter("ringd_quorum_transitions",
+                                "Changes between quorate and not quorate, by reason.", "reason",
+                                ((r, stats.transitions.get(r, 0)) for r in QUORUM_REASONS))
+        yield _counter("ringd_quorum_sends_refused",
+                       "Client sends refused (or safe sends answered) as not quorate.", stats.sends_refused)
+        yield _counter("ringd_quorum_expected_votes_changes",
+                       "Ordered expected-votes changes applied (operator or last man standing).",
+                       stats.overrides)
 
     def _groups_metrics(self) -> Iterator[Metric]:
         groups = self._daemon.node.groups

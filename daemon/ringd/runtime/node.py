@@ -42,6 +42,7 @@ from ringd.core.events import (
 )
 from ringd.core.groups import ToClient
 from ringd.core.node import INCARNATION, RING_SEQ, NodeCore
+from ringd.core.quorum import EXPECTED_VOTES, QuorumStatus
 from ringd.core.totem_events import ConfigChange, ConfigKind
 from ringd.messages import Address
 from ringd.runtime.alarm import Alarm
@@ -60,7 +61,9 @@ if TYPE_CHECKING:
 LEAVE_WAIT_S = 2.0
 INCARNATION_FILE = "incarnation"
 RING_SEQ_FILE = "ring_seq"
-_STATE_FILES = {INCARNATION: INCARNATION_FILE, RING_SEQ: RING_SEQ_FILE}
+EXPECTED_VOTES_FILE = "expected_votes"
+_STATE_FILES = {INCARNATION: INCARNATION_FILE, RING_SEQ: RING_SEQ_FILE,
+                EXPECTED_VOTES: EXPECTED_VOTES_FILE}
 _TICK = Tick()
 
 
@@ -88,6 +91,12 @@ def read_ring_seq(state_dir: Path, log: logging.Logger) -> int:
     # Missing or damaged: 0 is safe, because other members carry higher ring seqs in their
     # Joins and we adopt the highest.
     return read_counter(state_dir / RING_SEQ_FILE, log) or 0
+
+
+def read_expected_votes(state_dir: Path, log: logging.Logger) -> int:
+    # Missing or damaged: 0, i.e. quorum.expected_votes or the votes of the first
+    # configuration; the largest configuration seen is persisted again at once.
+    return read_counter(state_dir / EXPECTED_VOTES_FILE, log) or 0
 
 
 def prepare_state_dir(path: Path) -> None:
@@ -339,6 +348,9 @@ class Daemon:
                     self.ring_changed_wall = time.time()
             elif tp is Persist:
                 self._persist(effect.key, effect.value)
+            elif tp is QuorumStatus:
+                self.log.log(logging.INFO if effect.primary else logging.WARNING,
+                             "quorum: %s", effect.describe())
             elif tp is MemberChanged:
                 self.log.info("%s", describe_member_change(effect))
                 if effect.old_state != effect.new_state:
@@ -468,6 +480,7 @@ async def run_daemon(cfg: Config, *, task_status: trio.TaskStatus[Daemon] = trio
                                f"(--advertise)") from None
         node = NodeCore(cfg, address=address, seeds=seeds, incarnation=incarnation,
                         ring_seq=read_ring_seq(state_dir, log), rng=random.Random(),
+                        expected_votes=read_expected_votes(state_dir, log),
                         size_of=codec.size_of, encode_payload=encode_payload,
                         decode_payload=decode_payload, now=trio.current_time())
         inbox_send, inbox_recv = trio.open_memory_channel[Any](cfg.net.inbox_len_max)

@@ -41,6 +41,8 @@ def simulate(
         "--hostile", help="Harsher chaos: more faults, more loss, long delay spikes.")] = False,
     codec: Annotated[bool, typer.Option(
         "--codec/--no-codec", help="Pass every datagram through the wire codec.")] = False,
+    weighted_votes: Annotated[bool, typer.Option(
+        "--weighted-votes", help="Give each node 1-3 quorum votes (drawn from the seed), not 1.")] = False,
     totem_only: Annotated[bool, typer.Option(
         "--totem-only", help="Simulate bare Totem cores with faked gossip hints, not whole nodes.")] = False,
     as_json: Annotated[bool, typer.Option(
@@ -75,13 +77,14 @@ def simulate(
     base = sim_cluster.SimOptions.hostile() if hostile else sim_cluster.DEFAULT_OPTIONS
     options = replace(base, duration_s=duration, loss=loss,
                       partitions=partitions, crashes=crashes, pauses=pauses, codec=codec,
-                      whole_node=not totem_only,
+                      whole_node=not totem_only, weighted_votes=weighted_votes,
                       clock_drift_max=0.0 if totem_only else sim_cluster.WHOLE_NODE_CLOCK_DRIFT)
     out = sys.stderr if as_json else sys.stdout
     print(f"simulating seeds {seed}..{seed + count - 1}: nodes={nodes} "
           f"loss={'per-seed 0..0.3' if loss is None else loss} partitions={partitions} "
           f"crashes={crashes} pauses={pauses} duration={duration}s jobs={jobs}"
-          f"{' hostile' if hostile else ''}{' totem-only' if totem_only else ' whole nodes'}",
+          f"{' hostile' if hostile else ''}{' totem-only' if totem_only else ' whole nodes'}"
+          f"{' weighted-votes' if weighted_votes else ''}",
           file=out, flush=True)
     window: tuple[float, float] | None = None
     if trace_window is not None:
@@ -130,6 +133,9 @@ def simulate(
             print("gossip messages: {gossip_messages}  totem messages: {totem_messages}  "
                   "group events: {group_events}  client messages delivered: "
                   "{client_messages_delivered}".format(**totals))
+            print("primary configurations: {primary_configurations}  non-primary: "
+                  "{nonprimary_configurations}  sends refused as not quorate: "
+                  "{sends_refused_not_quorate}".format(**totals))
         print(f"wall time: {wall:.2f}s  seeds/second: {rate:.1f}")
     if failures:
         raise typer.Exit(1)

@@ -152,6 +152,15 @@ class SimNetwork:
         self.stats.shapes[shape.value] = self.stats.shapes.get(shape.value, 0) + 1
         return f"{shape.value}: {description}"
 
+    def split(self, groups: Sequence[Sequence[str]]) -> str:
+        """Cut the network between ``groups`` (scripted scenarios); returns a description."""
+        parts = [sorted(g) for g in groups]
+        self._blocked = frozenset(_cut_between(parts))
+        self._multicast_deaf = self._multicast_mute = frozenset()
+        self.partition_shape = PartitionShape.GROUPS
+        self.stats.partitions += 1
+        return _describe_groups(parts)
+
     def heal(self) -> None:
         """Remove every cut."""
         self._blocked = frozenset()

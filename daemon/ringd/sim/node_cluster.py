@@ -50,13 +50,16 @@ from ringd.core.events import (
 )
 from ringd.core.groups import ToClient
 from ringd.core.node import INCARNATION, RING_SEQ, NodeCore
+from ringd.core.quorum import EXPECTED_VOTES, QuorumStatus
 from ringd.core.requests import ClientGone, JoinGroup, LeaveGroup, SendMessages
 from ringd.core.totem import TOTEM_MESSAGE_TYPES
 from ringd.core.totem_events import ConfigChange, ConfigKind, Deliver, Publish, SendRefused
+from ringd.core.totem_state import State
 from ringd.group_messages import GroupSync
 from ringd.sim.checkers import FinalNode, Published, Violation
 from ringd.sim.cluster import SimCluster, SimNode, SimRun
 from ringd.sim.options import SimOptions
+from ringd.sim.quorum_checker import PrimaryExit, PrimaryInstall, QuorumReport
 from ringd.sim.schedule import FAULT, HINT, UNDO
 from ringd.sim.trace import short_repr
 from ringd.wire import Codec, decode_payload, encode_payload
@@ -69,20 +72,26 @@ _CONN_STRIDE = 1 << 8
 CHURN_PROBABILITY = 0.5
 # Chance per load burst that one node's application reads slowly for a while.
 SLOW_READER_PROBABILITY = 0.15
-EXPECTED_REFUSALS = ("observer", "not a member", "already joined")
+EXPECTED_REFUSALS = ("observer", "not a member", "already joined", "not quorate")
 SLOW_BACKLOG_BYTES = 6 << 20  # above the node core's 4 MiB threshold
 # Chance that a fault event starves a node of CPU for a while instead.
 STARVATION_PROBABILITY = 0.2
 UNDO_STARVE, STARVE_AGAIN = 3, 4  # beside schedule.UNDO_PARTITION/CRASH/PAUSE
 
 
-def sim_config(name: str, options: SimOptions, nodes: int) -> Config:
+def sim_config(name: str, options: SimOptions, nodes: int, votes: int = 1,
+               total_votes: int | None = None) -> Config:
     """The daemon's ``local`` preset with the simulation's Totem settings; the ring takes
-    every node unless ``options.ring_size_max`` makes some of them observers."""
+    every node unless ``options.ring_size_max`` makes some of them observers. ``votes``:
+    this node's quorum votes, ``total_votes`` the whole cluster's (default: one each)."""
     base = Config.local()
     ring_size_max = options.ring_size_max or max(nodes, options.totem.ring_size_max)
+    # Every node knows the cluster's votes (as a corosync nodelist does): the setting under
+    # which one primary component is guaranteed from the very first configuration.
+    quorum = options.quorum or replace(base.quorum, expected_votes=total_votes or nodes)
+    quorum = replace(quorum, votes=votes)
     return replace(base, name=name, cluster_name="ringd-sim",
-                   totem=replace(options.totem, ring_size_max=ring_size_max))
+                   totem=replace(options.totem, ring_size_max=ring_size_max), quorum=quorum)
 
 
 @dataclass(slots=True)
@@ -154,10 +163,31 @@ class NodeSimCluster(SimCluster):
         self._active = [True] * n
         self._starving_until = [0.0] * n
         self._starve_rng = random.Random(node_rng.getrandbits(64))
+        # Quorum: what each process decided, when it stopped acting in a primary
+        # configuration, and the members of every regular configuration.
+        self._expected_stored = [0] * n
+        # Quorum votes per node: 1 each, or drawn from the seed (its own stream, so the
+        # other streams stay what they were).
+        votes_rng = random.Random(seed * 7919 + 17)
+        self.votes = tuple(votes_rng.randint(1, 3) if options.weighted_votes else 1
+                           for _ in range(n))
+        # The ring a node's Totem is committed to (Commit, Recovery) or Operational in.
+        self._attached: list[Any] = [None] * n
+        # The regular configuration a node is in when it is primary (else None), safe
+        # messages delivered in each primary one, and (process, its log length) at every
+        # install of a primary configuration: the primary-history check's input.
+        self._primary_regular: list[Any] = [None] * n
+        self.safe_in_primary: dict[Any, set[tuple[str, int]]] = {}
+        self.primary_installs: list[PrimaryInstall] = []
+        self.quorum_reports: list[QuorumReport] = []
+        self.primary_exits: list[PrimaryExit] = []
+        self.regular_members: dict[Any, frozenset[str]] = {}
+        self._config_members: list[frozenset[str]] = [frozenset()] * n
         self.gossip_messages = 0
         self.totem_messages = 0
         self.group_events = 0
         self.client_messages_delivered = 0
+        self.sends_refused_not_quorate = 0
 
     # --- time -------------------------------------------------------------------------
 
@@ -168,8 +198,27 @@ class NodeSimCluster(SimCluster):
         return self._clocks[node.index].virtual(deadline)
 
     def _observe(self, node: SimNode) -> None:
-        if node.core.active is not self._active[node.index]:
-            self._totem_process_changed(node, node.core.active)
+        core = node.core
+        if core.active is not self._active[node.index]:
+            self._totem_process_changed(node, core.active)
+        attached = _attachment(core)
+        if attached != self._attached[node.index]:
+            self._detach(node, f"went to {core.state.name}" if core.active else "became an observer")
+            self._attached[node.index] = attached
+
+    def _detach(self, node: SimNode, why: str) -> None:
+        """The node left the ring it was committed to or Operational in (for the quorum
+        checker: a configuration stops being whole at the first member that does)."""
+        index = node.index
+        ring = self._attached[index]
+        if ring is None:
+            return
+        self._attached[index] = None
+        self.primary_exits.append(PrimaryExit(at=self.now, pid=self._pid(node), node=node.name,
+                                              ring_id=ring, why=why))
+
+    def _pid(self, node: SimNode) -> str:
+        return f"{node.name}#{self._process_no[node.index]}"
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -194,11 +243,12 @@ class NodeSimCluster(SimCluster):
         incarnation = self._incarnation_stored[index] + 1
         self._incarnation_stored[index] = incarnation
         return NodeCore(
-            sim_config(node.name, self.options, len(self.nodes)), address=node.address, seeds=[],
+            sim_config(node.name, self.options, len(self.nodes), self.votes[index], sum(self.votes)),
+            address=node.address, seeds=[],
             incarnation=incarnation, ring_seq=node.ring_seq_stored, rng=rng,
             size_of=self._codec_sizes.size_of, encode_payload=encode_payload,
             decode_payload=decode_payload, now=self._core_now(node), record_deliveries=True,
-            msg_id_base=node.incarnation << 32)
+            msg_id_base=node.incarnation << 32, expected_votes=self._expected_stored[index])
 
     def _started(self, node: SimNode) -> None:
         index = node.index
@@ -216,6 +266,7 @@ class NodeSimCluster(SimCluster):
             self._starve_step(node)
 
     def _crash(self, node: SimNode) -> None:
+        self._detach(node, "crashed")
         for log in self._clients.values():
             if log.node == node.name and log.incarnation == node.incarnation:
                 log.crashed = True
@@ -402,8 +453,16 @@ class NodeSimCluster(SimCluster):
                 self._send(node, eff.msg, (self._names[eff.dest.port],), False)
             elif tp is Deliver or tp is ConfigChange:
                 self._record(node, log, eff)  # type: ignore[arg-type]
-                if tp is ConfigChange and eff.kind is ConfigKind.REGULAR:
-                    self._regular_ring[index] = eff.ring_id
+                if tp is Deliver and eff.safe and self._primary_regular[index] is not None:
+                    self.safe_in_primary.setdefault(self._primary_regular[index], set()).add(
+                        (eff.origin, eff.msg_id))
+                if tp is ConfigChange:
+                    self._config_members[index] = frozenset(eff.members)
+                    if eff.kind is ConfigKind.REGULAR:
+                        self._regular_ring[index] = eff.ring_id
+                        self.regular_members[eff.ring_id] = frozenset(eff.members)
+            elif tp is QuorumStatus:
+                self._quorum_status(node, eff)
             elif tp is Publish:
                 if type(decode_payload(eff.payload)) is GroupSync:
                     # The group sync of the configuration the node just installed.
@@ -418,12 +477,16 @@ class NodeSimCluster(SimCluster):
                     self._ring_seq_persisted(node, eff.value)
                 elif eff.key == INCARNATION:
                     self._incarnation_stored[index] = max(self._incarnation_stored[index], eff.value)
+                elif eff.key == EXPECTED_VOTES:
+                    self._expected_stored[index] = eff.value
             elif tp is MemberChanged:
                 self._trace_add(node.name, f"gossip {eff.node} {eff.old_state} -> {eff.new_state}")
             elif tp is Reply:
                 # Every request of the simulated applications is well-formed: the only
                 # refusals are a full window, an observer, or a join/leave raced by churn.
                 error = str(eff.body.get("error", ""))
+                if "not quorate" in error:
+                    self.sends_refused_not_quorate += 1
                 if not eff.body.get("ok") and not eff.body.get("again") and not any(
                         reason in error for reason in EXPECTED_REFUSALS):
                     self._violation("client-reply", f"{node.name}: {eff.body}")
@@ -433,6 +496,36 @@ class NodeSimCluster(SimCluster):
                 pass
             else:
                 self._violation("unknown-effect", f"{node.name} returned {short_repr(eff)}")
+
+    @property
+    def primary_configurations(self) -> int:
+        """Regular configurations some member decided primary."""
+        return len({r.ring_id for r in self.quorum_reports if r.kind == "regular" and r.primary})
+
+    @property
+    def nonprimary_configurations(self) -> int:
+        """Regular configurations some member decided not primary."""
+        return len({r.ring_id for r in self.quorum_reports if r.kind == "regular" and not r.primary})
+
+    def _quorum_status(self, node: SimNode, status: QuorumStatus) -> None:
+        index = node.index
+        members = self._config_members[index] if status.ring_id is not None else frozenset()
+        self.quorum_reports.append(QuorumReport(
+            at=self.now, pid=self._pid(node), ring_id=status.ring_id, kind=status.kind,
+            members=members, primary=status.primary, votes=status.votes,
+            expected_votes=status.expected_votes, reason=status.reason))
+        self._trace_add(node.name, f"quorum: {status.describe()}")
+        primary_regular = status.primary and status.kind == ConfigKind.REGULAR.value
+        if (primary_regular and status.reason == "configuration" and node.log is not None
+                and status.ring_id != self._primary_regular[index]):
+            self.primary_installs.append(PrimaryInstall(log=node.log, index=len(node.log.entries),
+                                                        ring_id=status.ring_id))
+        self._primary_regular[index] = status.ring_id if primary_regular else None
+        if (not status.primary and status.reason != "configuration"
+                and status.ring_id is not None and status.ring_id == self._attached[index]):
+            # Its configuration stopped being primary within it (expected votes raised).
+            self.primary_exits.append(PrimaryExit(at=self.now, pid=self._pid(node), node=node.name,
+                                                  ring_id=status.ring_id, why=status.reason))
 
     def _count(self, msg: Any) -> None:
         if type(msg) in TOTEM_MESSAGE_TYPES:
@@ -479,6 +572,19 @@ class NodeSimCluster(SimCluster):
                 core_stats[node.name] = {"node": vars_of(node.core.stats)}
         run.core_stats = core_stats
         return run
+
+
+def _attachment(core: NodeCore) -> Any:
+    """The ring ``core``'s Totem belongs to now: committed to it or Operational in it."""
+    if not core.active:
+        return None
+    totem = core.totem
+    state = totem.state
+    if state is State.OPERATIONAL:
+        return totem.ring_id
+    if (state is State.COMMIT or state is State.RECOVERY) and totem.commit is not None:
+        return totem.commit.ring_id
+    return None
 
 
 def vars_of(obj: Any) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ringd.config import TotemConfig
+from ringd.config import QuorumConfig, TotemConfig
 from ringd.sim.network import NetworkOptions
 
 SIM_TOTEM = TotemConfig(mtu_bytes=1400, flap_stable_s=2.0)
@@ -61,6 +61,8 @@ class SimOptions:
     ring_size_max: int | None = None  # whole node: None = every node may be in the ring
     starve_all_until_s: float = 0.0  # whole node: every node is CPU-starved from its start until then
     starve_slice_max_s: float = 0.06  # whole node: longest a starved node waits for the CPU
+    quorum: QuorumConfig | None = None  # whole node: None = defaults with expected_votes = nodes
+    weighted_votes: bool = False  # whole node: each node has 1-3 quorum votes (drawn from the seed)
     totem: TotemConfig = SIM_TOTEM
     network: NetworkOptions = NetworkOptions()
     trace_len: int = 300

@@ -13,10 +13,12 @@ from ringd.sim.checkers import Violation, check_liveness, check_safety
 from ringd.sim.cluster import DEFAULT_OPTIONS, SimCluster, SimOptions, format_trace
 from ringd.sim.group_checker import ClientHistory, check_group_views, check_groups
 from ringd.sim.node_cluster import NodeSimCluster
+from ringd.sim.quorum_checker import check_primary_history, check_quorum
 from ringd.wire import decode_payload
 
 # What a whole-node run counts beside SimStats (``ringd simulate --json`` totals).
-NODE_COUNTERS = ("gossip_messages", "totem_messages", "group_events", "client_messages_delivered")
+NODE_COUNTERS = ("gossip_messages", "totem_messages", "group_events", "client_messages_delivered",
+                 "primary_configurations", "nonprimary_configurations", "sends_refused_not_quorate")
 
 
 def make_cluster(seed: int, nodes: int, options: SimOptions) -> SimCluster:
@@ -72,6 +74,8 @@ def repro_command(seed: int, nodes: int, options: SimOptions,
         defaults = hostile
     if options.loss is not None:
         parts.append(f"--loss {options.loss!r}")
+    if options.weighted_votes:
+        parts.append("--weighted-votes")
     for flag in ("partitions", "crashes", "pauses", "codec"):
         value = getattr(options, flag)
         if value != getattr(defaults, flag):
@@ -82,7 +86,7 @@ def repro_command(seed: int, nodes: int, options: SimOptions,
                                      "starvation", "clock_drift_max",
                                      "network", "core_factory", "fault_interval_s", "loss_max",
                                      "duplication_max", "burst_interval_s", "liveness_s",
-                                     "liveness_loss", "flood_probability")
+                                     "liveness_loss", "flood_probability", "quorum")
                    if getattr(options, name) != getattr(defaults, name)]
     if unexpressed:
         parts.append(f"# plus non-default options: {', '.join(unexpressed)}")
@@ -101,6 +105,9 @@ def run_seed(seed: int, nodes: int = 5, options: SimOptions = DEFAULT_OPTIONS) -
             cluster.sent))
         violations.extend(check_group_views(run.history.processes, decode_payload,
                                             cluster.syncs_published))
+        violations.extend(check_quorum(cluster.quorum_reports, cluster.primary_exits,
+                                       cluster.regular_members))
+        violations.extend(check_primary_history(cluster.primary_installs, cluster.safe_in_primary))
     fatal = any(v.prop in ("core-exception", "event-budget", "timer-loop") for v in violations)
     violations.extend(check_safety(run.history, eventual=options.liveness))
     if options.liveness and not fatal:
