@@ -44,6 +44,7 @@ def _dropped(node: DaemonProcess) -> dict[str, int]:
 def _write_key(path: Path) -> bytes:
     key = secrets.token_bytes(32)
     path.write_text(key.hex() + "\n")
+    path.chmod(0o600)
     return key
 
 
@@ -70,11 +71,13 @@ def test_garbage_and_forged_datagrams_are_counted_and_harmless(
                           for m in (dead, suspect)],
     }
     if keyed:
+        good = Codec(daemons.cluster_name, key=key).encode("node1", dead)
         forged["auth_failed"] = [
-            Codec(daemons.cluster_name).encode("node1", dead),  # no MAC at all
-            Codec(daemons.cluster_name, key=secrets.token_bytes(32)).encode("node1", dead),  # wrong key
-            Codec(daemons.cluster_name, key=key).encode("node1", dead)[:-1] + b"\x00",  # tampered MAC
+            Codec(daemons.cluster_name).encode("node1", dead),  # not protected at all
+            Codec(daemons.cluster_name, key=key, auth_only=True).encode("node1", dead),  # MAC only
         ]
+        forged["unknown_key"] = [Codec(daemons.cluster_name, key=secrets.token_bytes(32)).encode("node1", dead)]
+        forged["bad_tag"] = [good[:-1] + bytes([good[-1] ^ 1])]  # tampered tag
 
     before = _dropped(target)
     destinations = [("127.0.0.1", unicast_port), (MULTICAST_GROUP, daemons.multicast_port)]

@@ -43,6 +43,7 @@ from ringd.core.events import (
 from ringd.core.groups import ToClient
 from ringd.core.node import INCARNATION, RING_SEQ, NodeCore
 from ringd.core.totem_events import ConfigChange, ConfigKind
+from ringd.keyring import KEYRING_FILE, KeyFileError, Keyring, key_id, load_key
 from ringd.messages import Address
 from ringd.runtime.alarm import Alarm
 from ringd.runtime.api_types import ApiConnection, ApiRequest
@@ -50,7 +51,7 @@ from ringd.runtime.control import ControlServer, ControlSocketError, ControlStat
 from ringd.runtime.logs import level_number, setup_logging
 from ringd.runtime.state_files import read_counter, write_counter
 from ringd.runtime.udp import UdpTransport, advertised_host, open_udp_transport
-from ringd.wire import Codec, KeyFileError, decode_payload, encode_payload, load_key
+from ringd.wire import Codec, decode_payload, encode_payload, new_epoch
 
 if TYPE_CHECKING:
     from ringd.runtime.metrics import MetricsServer
@@ -60,6 +61,7 @@ if TYPE_CHECKING:
 LEAVE_WAIT_S = 2.0
 INCARNATION_FILE = "incarnation"
 RING_SEQ_FILE = "ring_seq"
+EPOCH_FILE = "epoch"
 _STATE_FILES = {INCARNATION: INCARNATION_FILE, RING_SEQ: RING_SEQ_FILE}
 _TICK = Tick()
 
@@ -88,6 +90,40 @@ def read_ring_seq(state_dir: Path, log: logging.Logger) -> int:
     # Missing or damaged: 0 is safe, because other members carry higher ring seqs in their
     # Joins and we adopt the highest.
     return read_counter(state_dir / RING_SEQ_FILE, log) or 0
+
+
+def load_keyring(cfg: Config, state_dir: Path, log: logging.Logger) -> Keyring | None:
+    """The keyring this daemon starts with: the one persisted in the state directory (keys
+    installed, switched and removed online survive restarts), else one holding the key of
+    ``key_file``; None without ``key_file``. Raises :class:`StartupError`."""
+    if not cfg.key_file:
+        return None
+    path = state_dir / KEYRING_FILE
+    try:
+        key = load_key(cfg.key_file)
+        keyring = Keyring.load(path)
+        if keyring is None:
+            keyring = Keyring([key])
+            keyring.save(path)
+        elif key_id(key) not in keyring.keys:
+            log.warning("the key of %s (%s) is not in the keyring %s (removed by a rotation?); "
+                        "using the keyring, primary key %s", cfg.key_file, key_id(key), path,
+                        keyring.primary)
+    except KeyFileError as exc:
+        raise StartupError(str(exc)) from None
+    except OSError as exc:
+        raise StartupError(f"cannot write {path}: {exc.strerror}") from None
+    return keyring
+
+
+def next_epoch(state_dir: Path, log: logging.Logger) -> int:
+    """This run's sender epoch (see :func:`ringd.wire.new_epoch`), persisted before use."""
+    epoch = new_epoch(read_counter(state_dir / EPOCH_FILE, log) or 0)
+    try:
+        write_counter(state_dir / EPOCH_FILE, epoch)
+    except OSError as exc:
+        raise StartupError(f"cannot write {state_dir / EPOCH_FILE}: {exc.strerror}") from None
+    return epoch
 
 
 def prepare_state_dir(path: Path) -> None:
@@ -421,12 +457,9 @@ async def run_daemon(cfg: Config, *, task_status: trio.TaskStatus[Daemon] = trio
     metrics: MetricsServer | None = None
     daemon: Daemon | None = None
     try:
-        try:
-            key = load_key(cfg.key_file) if cfg.key_file else None
-        except KeyFileError as exc:
-            raise StartupError(str(exc)) from None
         state_dir = cfg.state_path
         prepare_state_dir(state_dir)
+        keyring = load_keyring(cfg, state_dir, log)
         try:
             await control.bind()
         except ControlSocketError as exc:
@@ -457,7 +490,8 @@ async def run_daemon(cfg: Config, *, task_status: trio.TaskStatus[Daemon] = trio
             write_incarnation(state_dir, incarnation)
         except OSError as exc:
             raise StartupError(f"cannot write {state_dir / INCARNATION_FILE}: {exc.strerror}") from None
-        codec = Codec(cfg.cluster_name, key=key, datagram_bytes_max=cfg.net.datagram_bytes_max)
+        codec = Codec(cfg.cluster_name, keyring=keyring, auth_only=cfg.key_mode == "auth_only",
+                      epoch=next_epoch(state_dir, log), datagram_bytes_max=cfg.net.datagram_bytes_max)
         bound = transport.local_address
         seeds = [parse_hostport(s) for s in cfg.net.seeds]
         try:
