@@ -80,6 +80,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 import ringd.group_messages  # noqa: F401  (registers the process-group payloads)
+import ringd.key_messages  # noqa: F401  (registers the keyring payloads)
 import ringd.totem_messages  # noqa: F401  (registers the Totem messages with the codec)
 from ringd.keyring import KEY_BYTES_MIN, Keyring, root_key
 from ringd.messages import MESSAGE_TYPES, Message

@@ -28,12 +28,14 @@ from ringd.config import Config
 from ringd.core.events import (
     ClientBacklog,
     Fatal,
+    KeyMessageDelivered,
     LeaveCluster,
     LeaveDone,
     Log,
     MemberChanged,
     Multicast,
     Persist,
+    PublishInternal,
     Reply,
     Send,
     Start,
@@ -48,6 +50,7 @@ from ringd.messages import Address
 from ringd.runtime.alarm import Alarm
 from ringd.runtime.api_types import ApiConnection, ApiRequest
 from ringd.runtime.control import ControlServer, ControlSocketError, ControlStats
+from ringd.runtime.keys import KeyService
 from ringd.runtime.logs import level_number, setup_logging
 from ringd.runtime.state_files import read_counter, write_counter
 from ringd.runtime.udp import UdpTransport, advertised_host, open_udp_transport
@@ -215,6 +218,10 @@ class Daemon:
         # Connections whose outgoing backlog changed since the core last heard of it.
         self._backlog_changed: dict[int, ApiConnection] = {}
         self._nursery: trio.Nursery | None = None
+        # The keyring and its online changes; None without key_file.
+        self.keys: KeyService | None = None
+        if codec.keyring is not None:
+            self.keys = KeyService(node.name, codec.keyring, cfg.state_path / KEYRING_FILE, log)
 
     @property
     def uptime_s(self) -> float:
@@ -382,6 +389,14 @@ class Daemon:
             elif tp is Log:
                 extra = "".join(f" {k}={v}" for k, v in effect.fields.items())
                 self.log.log(level_number(effect.level), "%s%s", effect.text, extra)
+            elif tp is KeyMessageDelivered:
+                if self.keys is None:  # a keyless ring: some member's bug or mischief
+                    self.log.warning("keyring op from %s ignored: this daemon has no key", effect.origin)
+                    continue
+                ack = self.keys.on_delivered(effect)
+                if ack is not None:
+                    # Answer at the next turn of the driver (we are inside one now).
+                    self._ready.append(PublishInternal(payload=encode_payload(ack)))
             elif tp is UserEventDelivered:
                 self.log.debug("user event %s from %s (ltime %d)", effect.name, effect.origin, effect.ltime)
                 self.recent_events.append({"origin": effect.origin, "ltime": effect.ltime,
@@ -452,7 +467,7 @@ async def run_daemon(cfg: Config, *, task_status: trio.TaskStatus[Daemon] = trio
     receives the :class:`Daemon` once the UDP and control sockets are serving.
     """
     log = setup_logging(cfg.node_name, cfg.log_level)
-    control = ControlServer(cfg.socket_path, log)
+    control = ControlServer(cfg.socket_path, log, cfg.control_allow_users)
     transport: UdpTransport | None = None
     metrics: MetricsServer | None = None
     daemon: Daemon | None = None
