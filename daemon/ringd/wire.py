@@ -41,8 +41,9 @@ unregistered tag). Nothing else ever escapes it.
 
 Replay: each receiver keeps a sliding window per sender over (epoch, counter) of the
 datagrams that authenticated (:class:`ReplayWindow`), so a recorded datagram sent again is
-dropped as REPLAYED, and so is one from an earlier run of its sender. The windows live in
-memory: a receiver that restarts starts them afresh (see README, Security).
+dropped as REPLAYED, and so is one from an earlier run of its sender, and a copy of one
+of our own datagrams sent back at us. The windows live in memory: a receiver that
+restarts starts them afresh (see README, Security).
 
 Why the CBOR parse cannot be made to allocate much: the datagram is capped first, and
 cbor2 (checked on 6.3) neither pre-allocates arrays/maps from their declared count nor
@@ -586,6 +587,9 @@ class Codec:
         prefix, tool = entry
         counter = self._counter
         self._counter = counter + 1
+        # What we send counts as seen: a copy replayed at us is refused like any replay
+        # (our own multicast loop is dropped unread by source address, a replay is not).
+        self._replay.mark(sender, self.epoch, counter)
         header = prefix + counter.to_bytes(8, "big")
         if self.auth_only:
             mac = tool.copy()
