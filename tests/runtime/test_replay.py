@@ -20,6 +20,7 @@ import pytest
 from ordered_helpers import Subscriber, payloads, send_lines, wait_ring, wait_subscribers
 
 from helpers import DaemonProcess, ProcessRegistry, all_see, wait_until
+from ringd import client
 
 pytestmark = pytest.mark.integration
 
@@ -89,7 +90,7 @@ def views(nodes: list[DaemonProcess]) -> list[dict[str, tuple[str, int]]]:
 def test_replayed_traffic_changes_nothing(daemons: ProcessRegistry, short_tmp: Path) -> None:
     key_path = short_tmp / "cluster.key"
     assert daemons.run_cli("keys", "generate", str(key_path)).returncode == 0
-    nodes = daemons.start_cluster(3, "--key-file", str(key_path), *STEADY)
+    nodes = daemons.start_cluster(3, "--key-file", str(key_path), "--tag", "secret=TAGMARK42", *STEADY)
     wait_ring(nodes)
     subs = [Subscriber(daemons, d, "chat") for d in nodes]
     wait_subscribers(subs, 3)
@@ -97,6 +98,8 @@ def test_replayed_traffic_changes_nothing(daemons: ProcessRegistry, short_tmp: P
     capture = LoopbackCapture(set(ports), ports | {daemons.multicast_port})
     capture.start()
 
+    assert daemons.run_cli("event", "EVENTMARK42", "PAYLOADMARK42",
+                           "--socket", str(nodes[0].socket)).returncode == 0
     first = payloads("node1", 0, 300)
     assert send_lines(daemons, nodes[0], "chat", first).wait(timeout=60) == 0
     # node3 restarts: a new incarnation, a new run of its sender, a new ring.
@@ -117,7 +120,13 @@ def test_replayed_traffic_changes_nothing(daemons: ProcessRegistry, short_tmp: P
     wait_until(lambda: all_see(nodes, {n.name: "alive" for n in nodes}), 30, "all alive")
     datagrams = capture.finish()
     assert len(datagrams) > 500, f"captured only {len(datagrams)} datagrams"
-    assert b"node1-1" not in b"".join(d for _, _, d in datagrams)  # encrypted on the wire
+    wire = b"".join(d for _, _, d in datagrams)
+    for marker in (b"node1-1", b"TAGMARK42", b"EVENTMARK42", b"PAYLOADMARK42"):
+        assert marker not in wire, f"{marker!r} readable on the wire"
+    # ... though they did cross it: the others know node1's tag and got its event.
+    assert nodes[1].members()["node1"]["tags"] == {"secret": "TAGMARK42"}
+    wait_until(lambda: any(e["name"] == "EVENTMARK42" for e in client.events(nodes[1].socket)),
+               10, "the user event at node2")
 
     rings = [n.status()["totem"]["ring"] for n in nodes]
     before_views = views(nodes)
