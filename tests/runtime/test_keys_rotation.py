@@ -34,24 +34,24 @@ class SteadySender(threading.Thread):
         self.group = group
         self.sent: list[str] = []
         self.error: BaseException | None = None
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
         try:
             with BlockingRingClient(self.socket, timeout_s=30.0) as ring:
                 start = time.monotonic()
-                while not self._stop.is_set():
+                while not self._halt.is_set():
                     data = f"m-{len(self.sent)}"
                     ring.send(self.group, data)
                     self.sent.append(data)
                     pause = start + len(self.sent) / SEND_RATE_PER_S - time.monotonic()
                     if pause > 0:
-                        self._stop.wait(pause)  # pacing, not waiting for a condition
+                        self._halt.wait(pause)  # pacing, not waiting for a condition
         except BaseException as exc:  # reported by the test
             self.error = exc
 
     def finish(self) -> list[str]:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=30)
         assert self.error is None, f"sender failed: {self.error}"
         return self.sent

@@ -24,7 +24,11 @@ from ringd import client
 
 pytestmark = pytest.mark.integration
 
-STEADY = ("--set", "totem.token_timeout_s=2.0", "--set", "totem.consensus_s=2.4")
+# Generous timings: a loaded 2-core machine must not suspect a member or reform the ring
+# for its own reasons while we check that the replays do neither.
+STEADY = ("--set", "totem.token_timeout_s=2.0", "--set", "totem.consensus_s=2.4",
+          "--set", "gossip.probe_interval_s=1.0", "--set", "gossip.probe_timeout_s=0.5",
+          "--set", "gossip.suspicion_mult=4")
 MULTICAST_GROUP = "239.255.77.77"  # the default group; the port is the test's own
 ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4  # <linux/if_packet.h>: our own transmission, seen again on lo
@@ -54,10 +58,10 @@ class LoopbackCapture(threading.Thread):
         self.sock.settimeout(0.1)
         self.sources, self.ports = sources, ports  # the test adds a restarted daemon's port
         self.datagrams: list[tuple[str, int, bytes]] = []  # (destination host, port, payload)
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             try:
                 frame, address = self.sock.recvfrom(1 << 17)
             except TimeoutError:
@@ -73,7 +77,7 @@ class LoopbackCapture(threading.Thread):
                 self.datagrams.append((socket.inet_ntoa(ip[16:20]), dest, bytes(udp[8:length])))
 
     def finish(self) -> list[tuple[str, int, bytes]]:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=5)
         self.sock.close()
         return self.datagrams
@@ -90,7 +94,8 @@ def views(nodes: list[DaemonProcess]) -> list[dict[str, tuple[str, int]]]:
 def test_replayed_traffic_changes_nothing(daemons: ProcessRegistry, short_tmp: Path) -> None:
     key_path = short_tmp / "cluster.key"
     assert daemons.run_cli("keys", "generate", str(key_path)).returncode == 0
-    nodes = daemons.start_cluster(3, "--key-file", str(key_path), "--tag", "secret=TAGMARK42", *STEADY)
+    nodes = daemons.start_cluster(3, "--key-file", str(key_path), "--tag", "secret=TAGMARK42", *STEADY,
+                                  fast=False)
     wait_ring(nodes)
     subs = [Subscriber(daemons, d, "chat") for d in nodes]
     wait_subscribers(subs, 3)
@@ -119,7 +124,8 @@ def test_replayed_traffic_changes_nothing(daemons: ProcessRegistry, short_tmp: P
                and len(subs[2].messages()) >= 300, DELIVERY_TIMEOUT_S, "every message delivered")
     wait_until(lambda: all_see(nodes, {n.name: "alive" for n in nodes}), 30, "all alive")
     datagrams = capture.finish()
-    assert len(datagrams) > 500, f"captured only {len(datagrams)} datagrams"
+    multicast = sum(1 for _, port, _ in datagrams if port == daemons.multicast_port)
+    assert multicast > 20 and len(datagrams) - multicast > 50, (len(datagrams), multicast)
     wire = b"".join(d for _, _, d in datagrams)
     for marker in (b"node1-1", b"TAGMARK42", b"EVENTMARK42", b"PAYLOADMARK42"):
         assert marker not in wire, f"{marker!r} readable on the wire"
@@ -152,6 +158,8 @@ def test_replayed_traffic_changes_nothing(daemons: ProcessRegistry, short_tmp: P
     # Counted (a few may be lost in full socket buffers, which is no effect either).
     wait_until(lambda: dropped_replayed(nodes) - before_replayed >= 0.9 * expected, 60,
                f"{expected} replays to be counted")
+    print(f"captured {len(datagrams)} datagrams ({multicast} multicast), replayed {expected} "
+          f"deliveries of them, {dropped_replayed(nodes) - before_replayed} counted as replayed")
     # A few token rotations later, still nothing has changed.
     visits = [n.status()["totem"]["stats"]["token_rx"] for n in nodes]
     wait_until(lambda: all(n.status()["totem"]["stats"]["token_rx"] >= v + 5 for n, v in zip(nodes, visits, strict=True)),
