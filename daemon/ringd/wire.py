@@ -43,7 +43,8 @@ Replay: each receiver keeps a sliding window per sender over (epoch, counter) of
 datagrams that authenticated (:class:`ReplayWindow`), so a recorded datagram sent again is
 dropped as REPLAYED, and so is one from an earlier run of its sender, and a copy of one
 of our own datagrams sent back at us. The windows live in memory: a receiver that
-restarts starts them afresh (see README, Security).
+restarts starts each one at the first datagram it gets from the sender, and takes every
+earlier counter as seen (see :class:`ReplayWindow` and README, Security).
 
 Why the CBOR parse cannot be made to allocate much: the datagram is capped first, and
 cbor2 (checked on 6.3) neither pre-allocates arrays/maps from their declared count nor
@@ -426,6 +427,12 @@ class ReplayWindow:
     (the IPsec/WireGuard anti-replay window). Windows only move for datagrams that
     authenticated, so forgeries cannot shift them. Reordering between our two sockets and
     their batches is far below the window.
+
+    A window starts full: the counters below the first one we see of a sender's run count
+    as seen. So a receiver that restarted refuses copies of what the sender sent before
+    (all but what a replay slips in before the sender's first genuine datagram reaches
+    it); the price is that a datagram reordered behind that first one is dropped, once per
+    sender run, and the protocols resend it.
     """
 
     __slots__ = ("_windows",)
@@ -453,7 +460,7 @@ class ReplayWindow:
         if w is None or epoch > w[0]:
             if w is None and len(windows) >= REPLAY_SENDERS_MAX:
                 del windows[next(iter(windows))]  # the longest-known sender goes
-            windows[sender] = [epoch, counter, 1]
+            windows[sender] = [epoch, counter, _WINDOW_MASK]
             return
         top = w[1]
         if counter > top:

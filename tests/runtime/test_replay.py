@@ -156,10 +156,8 @@ def test_replayed_traffic_changes_nothing(daemons: ProcessRegistry, short_tmp: P
                     expected += 1
 
     # Counted (a few may be lost in full socket buffers, which is no effect either).
-    wait_until(lambda: dropped_replayed(nodes) - before_replayed >= 0.9 * expected, 60,
+    wait_until(lambda: dropped_replayed(nodes) - before_replayed >= 0.95 * expected, 60,
                f"{expected} replays to be counted")
-    print(f"captured {len(datagrams)} datagrams ({multicast} multicast), replayed {expected} "
-          f"deliveries of them, {dropped_replayed(nodes) - before_replayed} counted as replayed")
     # A few token rotations later, still nothing has changed.
     visits = [n.status()["totem"]["stats"]["token_rx"] for n in nodes]
     wait_until(lambda: all(n.status()["totem"]["stats"]["token_rx"] >= v + 5 for n, v in zip(nodes, visits, strict=True)),
@@ -173,3 +171,5 @@ def test_replayed_traffic_changes_nothing(daemons: ProcessRegistry, short_tmp: P
     for n in nodes:
         dropped = n.status()["transport"]["dropped"]
         assert dropped.get("bad_tag", 0) == 0 and dropped.get("unknown_key", 0) == 0, dropped
+    print(f"captured {len(datagrams)} datagrams ({multicast} multicast), replayed {expected} "
+          f"deliveries of them, {dropped_replayed(nodes) - before_replayed} counted as replayed")

@@ -385,11 +385,13 @@ def test_nonces_never_repeat_and_sender_runs_are_ordered() -> None:
 
 def test_replay_window_accepts_reordering_and_refuses_repeats() -> None:
     window = ReplayWindow()
-    for counter in (5, 3, 9, 4):
+    window.mark("a", 1, 5)
+    assert not window.fresh("a", 1, 4)  # before the first datagram of the run we saw
+    for counter in (7, 6, 9, 8):
         assert window.fresh("a", 1, counter)
         window.mark("a", 1, counter)
-    assert not window.fresh("a", 1, 3) and not window.fresh("a", 1, 9)
-    assert window.fresh("a", 1, 6) and window.fresh("b", 1, 3)
+    assert not window.fresh("a", 1, 6) and not window.fresh("a", 1, 9)
+    assert window.fresh("a", 1, 10) and window.fresh("b", 1, 3)
     window.mark("a", 1, 9 + REPLAY_WINDOW)
     assert not window.fresh("a", 1, 8)  # fell out of the window: too old to tell
     assert window.fresh("a", 1, 10)
