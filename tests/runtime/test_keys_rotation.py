@@ -83,6 +83,9 @@ def test_rotation_under_load_loses_nothing_and_causes_no_reconfiguration(
     configs = [len(s.configs()) for s in subs]
     assert all(m == {"primary": old, "keys": [old], "error": ""} for m in keys_list(daemons, nodes[0]).values())
 
+    # (A daemon may drop a datagram or two as `replayed` while the cluster forms: one that
+    # arrives reordered behind the first it gets of a sender's run. Hence deltas below.)
+    dropped_before = [d.status()["transport"]["dropped"] for d in nodes]
     sender = SteadySender(nodes[1], "load")
     sender.start()
     wait_until(lambda: len(sender.sent) >= SEND_RATE_PER_S // 2, 10, "the load to start")
@@ -106,10 +109,10 @@ def test_rotation_under_load_loses_nothing_and_causes_no_reconfiguration(
         assert s.data() == sent, f"{s.daemon.name} lost, duplicated or reordered messages"
     assert [len(s.configs()) for s in subs] == configs, "a subscriber saw a reconfiguration"
     assert [d.status()["totem"]["ring"] for d in nodes] == rings
-    for d in nodes:
+    for d, before in zip(nodes, dropped_before, strict=True):
         dropped = d.status()["transport"]["dropped"]
         for reason in ("unknown_key", "bad_tag", "replayed", "auth_failed"):
-            assert dropped.get(reason, 0) == 0, (d.name, dropped)
+            assert dropped.get(reason, 0) == before.get(reason, 0), (d.name, before, dropped)
 
     # A restarted daemon keeps the rotated keyring (its key_file still names the old key).
     nodes[0].terminate()
