@@ -678,7 +678,8 @@ class Codec:
             cipher = self._aead_key(kid, sender, epoch)
             assert cipher is not None
             try:
-                body = cipher.decrypt(header[-NONCE_BYTES:], bytes(data[header_end:]), header)
+                # A view, not a copy: datagrams carrying Totem batches run to 60 KB.
+                body = cipher.decrypt(header[-NONCE_BYTES:], memoryview(data)[header_end:], header)
             except InvalidTag:
                 raise WireError(DropReason.BAD_TAG, "AES-GCM tag does not verify") from None
         else:
