@@ -47,7 +47,8 @@ def status_as(uid: int, path: Path) -> dict:
                         break
                     data += chunk
             os.write(write_end, data)
-        except BaseException:
+        except BaseException as exc:  # reported by the parent
+            os.write(write_end, f"child failed: {exc!r}".encode())
             code = 1
         finally:
             os._exit(code)
@@ -55,7 +56,7 @@ def status_as(uid: int, path: Path) -> dict:
     with os.fdopen(read_end, "rb") as pipe:
         raw = pipe.read()
     _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, "the client child failed"
+    assert os.waitstatus_to_exitcode(status) == 0, raw.decode(errors="replace")
     frames = FrameReader().feed(raw)
     assert len(frames) == 1
     return frames[0]

@@ -323,7 +323,11 @@ class ControlServer:
                 refusal = self._refusal(stream)
                 if refusal is not None:
                     self.stats.connections_refused_user += 1
-                    await _send(stream, {"ok": False, "error": refusal})
+                    try:
+                        await _send(stream, {"ok": False, "error": refusal})
+                        await _drain(stream)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
+                        pass  # the client went away
                     return
                 await self._serve_connection(daemon, stream)
             finally:
@@ -571,6 +575,19 @@ class _InFlight:
 
 async def _send(stream: SocketConnection, obj: Any) -> None:
     await stream.send_all(pack_frame(obj))
+
+
+async def _drain(stream: SocketConnection) -> None:
+    """Read and discard what the client sends (bounded, for a short while) before we close:
+    a client that writes its request after our error frame then reads the error, instead
+    of failing its write on a socket we already closed."""
+    received = 0
+    with trio.move_on_after(CLOSE_FLUSH_TIMEOUT_S):
+        while received < CONTROL_FRAME_BYTES_MAX:
+            data = await stream.receive_some(CONTROL_READ_BYTES_MAX)
+            if not data:
+                return
+            received += len(data)
 
 
 async def _put_disconnect(daemon: DaemonView, conn: ApiConnection) -> None:
