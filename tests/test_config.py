@@ -67,6 +67,8 @@ def test_preset_chosen_in_file_then_overridden(tmp_path: Path) -> None:
         ({"gossip.probe_interval_s": "nan"}, "gossip.probe_interval_s: expected a number"),
         ({"key_file": "/nonexistent/key"}, "key_file: /nonexistent/key is not a readable file"),
         ({"tags": "role"}, "tags: expected key=value pairs"),
+        ({"key_mode": "mac"}, "key_mode: must be one of encrypt, auth_only"),
+        ({"control_allow_users": "app,bad user"}, "control_allow_users: entry 'bad user' must be a user name"),
         ({"tags": "k=" + "v" * 600}, "tags: 603 bytes exceeds gossip.tags_bytes_max"),
         ({"quorum.votes": "-1"}, "quorum.votes: must be between 0 and 1000"),
         ({"quorum.expected_votes": "x"}, "quorum.expected_votes: expected an integer"),

@@ -520,3 +520,116 @@ def watch(
     except WatchError as exc:
         fail(str(exc))
     raise typer.Exit(code)
+
+
+# --- ringd keys ----------------------------------------------------------------------------
+
+keys_app = typer.Typer(
+    cls=_OneLineErrorGroup, no_args_is_help=True, add_completion=False,
+    help="Cluster keys: generate a key file, and list, install, switch and remove keys on every "
+         "member through the running daemons (like `serf keys`).")
+app.add_typer(keys_app, name="keys")
+
+# A keys request waits for every ring member's answer (ringd.runtime.keys.KEY_OP_TIMEOUT_S).
+KEYS_TIMEOUT_S = 15.0
+
+
+def _keys_request(socket: Path | None, action: str, **fields: Any) -> dict[str, Any]:
+    return _call(lambda: client.request(socket, "keys", action=action, timeout_s=KEYS_TIMEOUT_S,
+                                        **fields))
+
+
+def _not_applied(reply: dict[str, Any]) -> dict[str, str]:
+    """Members that did not apply the op, with why."""
+    out = {node: info["error"] for node, info in reply["members"].items() if info["error"]}
+    out.update(reply["missing"])
+    return out
+
+
+def _keys_outcome(reply: dict[str, Any], what: str) -> None:
+    """Exit non-zero naming the members that did not apply the change."""
+    failed = _not_applied(reply)
+    if failed:
+        fail(f"{what}: not applied by {len(failed)} member(s): "
+             + "; ".join(f"{node} ({why})" for node, why in sorted(failed.items())))
+    print(f"{what}: applied by {len(reply['members'])} member(s): {', '.join(reply['members'])}")
+
+
+@keys_app.command("generate")
+def keys_generate(path: Annotated[Path, typer.Argument(help="New key file (refused if it exists).")]) -> None:
+    """Write a new key (32 random bytes, hex) to PATH with mode 0600; print its key id."""
+    from ringd.keyring import generate_key_file
+
+    try:
+        kid = generate_key_file(path)
+    except FileExistsError:
+        fail(f"{path} already exists (refusing to overwrite a key)")
+    except OSError as exc:
+        fail(f"cannot write {path}: {exc.strerror}")
+    print(kid)
+
+
+@keys_app.command("list")
+def keys_list(
+    as_json: Annotated[bool, typer.Option("--json", help='JSON {"members": {name: {"primary", "keys", "error"}}, "missing": {name: why}}.')] = False,
+    socket: Annotated[Path | None, typer.Option("--socket", help=SOCKET_HELP)] = None,
+) -> None:
+    """Every member's installed keys and primary key (asked through the ring)."""
+    reply = _keys_request(socket, "list")
+    if as_json:
+        print(json.dumps({"members": reply["members"], "missing": reply["missing"]}))
+    else:
+        table = Table(box=None, header_style="bold")
+        for column in ("member", "primary", "keys"):
+            table.add_column(column)
+        for node, info in reply["members"].items():
+            table.add_row(escape(node), info["primary"], ",".join(info["keys"]))
+        for node, why in reply["missing"].items():
+            table.add_row(escape(node), "?", f"[red]{escape(why)}[/]")
+        Console().print(table)
+    if reply["missing"]:
+        fail("no answer from: " + ", ".join(f"{n} ({w})" for n, w in reply["missing"].items()))
+
+
+@keys_app.command("install")
+def keys_install(
+    path: Annotated[Path, typer.Argument(help="Key file (mode 0600), e.g. from `ringd keys generate`.")],
+    socket: Annotated[Path | None, typer.Option("--socket", help=SOCKET_HELP)] = None,
+) -> None:
+    """Install the key of PATH on every member (it stays secondary until `keys use`)."""
+    from ringd.keyring import KeyFileError, key_id, load_key
+
+    try:
+        key = load_key(path)
+    except KeyFileError as exc:
+        fail(str(exc))
+    reply = _keys_request(socket, "install", key=key)
+    _keys_outcome(reply, f"install {key_id(key)}")
+
+
+@keys_app.command("use")
+def keys_use(
+    kid: Annotated[str, typer.Argument(metavar="KEY_ID", help="Installed key to make primary.")],
+    socket: Annotated[Path | None, typer.Option("--socket", help=SOCKET_HELP)] = None,
+) -> None:
+    """Make KEY_ID the primary key of every member, at one point of the ring's total order.
+
+    Refused, changing nothing, unless every member already holds the key."""
+    listing = _keys_request(socket, "list")
+    lacking = sorted(node for node, info in listing["members"].items() if kid not in info["keys"])
+    lacking += sorted(listing["missing"])
+    if lacking:
+        fail(f"use {kid}: refused, not installed on (or no answer from): {', '.join(lacking)} "
+             "(run `ringd keys install` first); nothing changed")
+    reply = _keys_request(socket, "use", key_id=kid)
+    _keys_outcome(reply, f"use {kid}")
+
+
+@keys_app.command("remove")
+def keys_remove(
+    kid: Annotated[str, typer.Argument(metavar="KEY_ID", help="Key to remove (not the primary one).")],
+    socket: Annotated[Path | None, typer.Option("--socket", help=SOCKET_HELP)] = None,
+) -> None:
+    """Remove KEY_ID from every member's keyring; the primary key cannot be removed."""
+    reply = _keys_request(socket, "remove", key_id=kid)
+    _keys_outcome(reply, f"remove {kid}")

@@ -84,6 +84,20 @@ def _log_level(v: Any) -> str | None:
     return None if v in ok else f"must be one of {', '.join(ok)}"
 
 
+def _key_mode(v: Any) -> str | None:
+    return None if v in KEY_MODES else f"must be one of {', '.join(KEY_MODES)}"
+
+
+def _users(v: Any) -> str | None:
+    for item in v:
+        if not re.fullmatch(r"\*|[0-9]+|[A-Za-z_][A-Za-z0-9_.\-]{0,31}\$?", item):
+            return f"entry {item!r} must be a user name, a uid or \"*\""
+    return None
+
+
+KEY_MODES = ("encrypt", "auth_only")
+
+
 def _preset(v: Any) -> str | None:
     return None if v in PRESETS else f"must be one of {', '.join(PRESETS)}"
 
@@ -234,7 +248,13 @@ class Config:
     preset: str = knob("local", "timing preset: local or lan", _preset)
     state_dir: str = knob("", "directory for persistent state (empty = runtime dir / name)")
     socket: str = knob("", "control socket path (empty = default socket)")
-    key_file: str = knob("", "file with the shared cluster key; enables datagram authentication")
+    key_file: str = knob("", "file with the shared cluster key (mode 0600); enables AES-256-GCM "
+                         "encryption of every datagram (see key_mode)")
+    key_mode: str = knob("encrypt", "with a key: encrypt (AES-256-GCM, the default) or auth_only "
+                         "(authenticated, readable on the wire)", _key_mode)
+    control_allow_users: tuple[str, ...] = knob((), "users (names or uids) besides the daemon's own "
+                                                "whose processes may use the control socket; "
+                                                "\"*\" = anyone who can open it", _users)
     metrics_host: str = knob("127.0.0.1", "address of the /metrics HTTP server", _ip)
     metrics_port: int = knob(0, "port of the /metrics HTTP server (0 = disabled)", _port)
     log_level: str = knob("info", "debug, info, warning or error", _log_level)

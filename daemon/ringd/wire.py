@@ -1,14 +1,28 @@
 """The wire codec: the only module that knows bytes (and the only importer of cbor2).
 
-Datagram envelope (version 1)::
+Datagram envelope (version 1). Every datagram starts with::
 
     offset  size  field
     0       2     magic b"RG"
     2       1     version (1)
-    3       1     flags: bit 0 = a MAC trails the datagram; other bits must be 0
+    3       1     flags: 0 = plain, 1 = authenticated only (auth_only), 2 = encrypted
     4       8     cluster id: BLAKE2b-64 of the UTF-8 cluster name (personalised)
-    12      n     body: one CBOR item, the array [sender, message]
-    12+n    16    MAC (only with flag bit 0): keyed BLAKE2b-128 over bytes 0..12+n
+
+A plain datagram (no key configured) goes on with one CBOR item, the array
+``[sender, message]``. A keyed datagram goes on with::
+
+    12      4     key id (selects the key: nothing is decrypted by trial)
+    16      8     sender epoch: orders the sender's runs (see new_epoch)
+    24      1     n = length of the sender name
+    25      n     sender name (UTF-8)
+    25+n    12    nonce: 4-byte salt of the sender's run || 8-byte counter
+    37+n    m     encrypted: AES-256-GCM ciphertext of the CBOR message, then its 16-byte
+                  tag; authenticated only: the CBOR message, then a keyed BLAKE2b-128 MAC
+                  over everything before it
+
+The header (bytes 0..37+n) is the associated data of AES-GCM, or covered by the MAC, so
+the version, cluster id, key id, sender, epoch and counter cannot be altered. The AES key
+is derived per (cluster key, sender, epoch), so the counter alone keeps nonces unique.
 
 A *message* is the CBOR array ``[tag, field_1, ..., field_k]``: its registered type tag
 (``ringd.messages.register``) followed by its dataclass field values in declaration
@@ -19,9 +33,18 @@ array (its tag says which class), ``tuple[X, ...]`` -> array, ``dict[str, X]`` -
 
 Decoding (:meth:`Codec.decode_untrusted`) is the trust boundary and checks, in order:
 size <= ``datagram_bytes_max`` (TOO_LARGE), magic (MALFORMED), version (BAD_VERSION),
-flags (MALFORMED), cluster id (WRONG_CLUSTER), MAC presence and value with
-``hmac.compare_digest`` before any CBOR is parsed (AUTH_FAILED), then the CBOR body
-(MALFORMED, or UNKNOWN_TYPE for an unregistered tag). Nothing else ever escapes it.
+flags (MALFORMED), cluster id (WRONG_CLUSTER), whether the datagram is protected the way
+we protect ours (AUTH_FAILED), then, for keyed datagrams, before any CBOR is parsed: the
+key id (UNKNOWN_KEY), the replay window (REPLAYED) and the AES-GCM tag or MAC (BAD_TAG,
+compared in constant time); then the CBOR body (MALFORMED, or UNKNOWN_TYPE for an
+unregistered tag). Nothing else ever escapes it.
+
+Replay: each receiver keeps a sliding window per sender over (epoch, counter) of the
+datagrams that authenticated (:class:`ReplayWindow`), so a recorded datagram sent again is
+dropped as REPLAYED, and so is one from an earlier run of its sender, and a copy of one
+of our own datagrams sent back at us. The windows live in memory: a receiver that
+restarts starts each one at the first datagram it gets from the sender, and takes every
+earlier counter as seen (see :class:`ReplayWindow` and README, Security).
 
 Why the CBOR parse cannot be made to allocate much: the datagram is capped first, and
 cbor2 (checked on 6.3) neither pre-allocates arrays/maps from their declared count nor
@@ -32,9 +55,6 @@ deeper than :data:`DEPTH_MAX`, every CBOR tag (shared references could otherwise
 small datagram into a huge walk, bignums into huge ints), and trailing bytes. The decoded
 tree is then checked against the message schema with exact types (``bool`` is not an
 ``int``), so undefined and other simple values are refused too.
-
-Keys (:func:`load_key`) authenticate, they do not encrypt. The MAC covers the header,
-so a datagram cannot be replayed into a cluster with another name.
 
 The control / client API uses :func:`pack_frame` and :class:`FrameReader`: a 4-byte
 big-endian length followed by one CBOR item of plain data (dict, list, str, int, bytes,
@@ -49,35 +69,49 @@ import hashlib
 import hmac
 import io
 import math
+import os
 import struct
+import time
 import types
 import typing
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Final
 
 import cbor2
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 import ringd.group_messages  # noqa: F401  (registers the process-group payloads)
+import ringd.key_messages  # noqa: F401  (registers the keyring payloads)
 import ringd.totem_messages  # noqa: F401  (registers the Totem messages with the codec)
+from ringd.keyring import KEY_BYTES_MIN, Keyring, root_key
 from ringd.messages import MESSAGE_TYPES, Message
 
 MAGIC: Final = b"RG"
 VERSION: Final = 1
 FLAG_MAC: Final = 0x01
+FLAG_AEAD: Final = 0x02
 HEADER_BYTES: Final = 12
-MAC_BYTES: Final = 16
+TAG_BYTES: Final = 16
+MAC_BYTES: Final = TAG_BYTES
+NONCE_BYTES: Final = 12
+# Counters of one sender remembered below the highest seen: datagrams reordered further
+# back are dropped as replays (our sockets reorder by at most a receive batch or two).
+REPLAY_WINDOW: Final = 4096
+_WINDOW_MASK: Final = (1 << REPLAY_WINDOW) - 1
+REPLAY_SENDERS_MAX: Final = 65536
+DERIVED_KEYS_MAX: Final = 4096
 CLUSTER_ID_BYTES: Final = 8
 SENDER_CHARS_MAX: Final = 255
 DEPTH_MAX: Final = 32  # CBOR container nesting; messages nest far less deep
 INT_MIN: Final = -(1 << 63)
 INT_MAX: Final = (1 << 63) - 1
-KEY_BYTES_MIN: Final = 16
-KEY_FILE_BYTES_MAX: Final = 4096
 FRAME_BYTES_MAX: Final = 16 << 20
 FRAME_DEPTH_MAX: Final = 64
 
 _HEADER = struct.Struct(">2sBB8s")
+_KEYED = struct.Struct(">2sBB8s4sQB")  # the header up to the sender name
+_KEYED_TAIL = struct.Struct(">4sQB")  # key id, epoch, sender name length
 _FRAME_LEN = struct.Struct(">I")
 
 
@@ -88,7 +122,10 @@ class DropReason(enum.Enum):
     WRONG_CLUSTER = "wrong_cluster"
     BAD_VERSION = "bad_version"
     UNKNOWN_TYPE = "unknown_type"
-    AUTH_FAILED = "auth_failed"
+    AUTH_FAILED = "auth_failed"  # not protected the way we protect ours (or we have no key)
+    UNKNOWN_KEY = "unknown_key"  # keyed with a key id that is not in our keyring
+    BAD_TAG = "bad_tag"  # the AES-GCM tag or the MAC does not verify
+    REPLAYED = "replayed"  # already received, or from an earlier run of its sender
     TOO_LARGE = "too_large"
 
 
@@ -98,41 +135,6 @@ class WireError(Exception):
     def __init__(self, reason: DropReason, detail: str = "") -> None:
         self.reason = reason
         super().__init__(f"{reason.value}: {detail}" if detail else reason.value)
-
-
-class KeyFileError(Exception):
-    """The cluster key file is missing, unreadable or unusable (one-line message)."""
-
-
-def load_key(path: str | Path) -> bytes:
-    """Read a cluster key: hex (even number of hex digits) or raw bytes, >= 16 bytes.
-
-    Surrounding whitespace is ignored. Raises :class:`KeyFileError` naming the file.
-    """
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read(KEY_FILE_BYTES_MAX + 1)
-    except FileNotFoundError:
-        raise KeyFileError(f"key file {path}: does not exist") from None
-    except IsADirectoryError:
-        raise KeyFileError(f"key file {path}: is a directory") from None
-    except OSError as exc:
-        raise KeyFileError(f"key file {path}: cannot read: {exc.strerror}") from None
-    if len(raw) > KEY_FILE_BYTES_MAX:
-        raise KeyFileError(f"key file {path}: larger than {KEY_FILE_BYTES_MAX} bytes")
-    text = raw.strip()
-    key = text
-    kind = "raw"
-    try:
-        key = bytes.fromhex(text.decode("ascii"))
-        kind = "hex"
-    except (UnicodeDecodeError, ValueError):
-        pass
-    if len(key) < KEY_BYTES_MIN:
-        raise KeyFileError(
-            f"key file {path}: {kind} key has {len(key)} bytes, need at least {KEY_BYTES_MIN}"
-        )
-    return key
 
 
 # --- Tag rejection ---------------------------------------------------------------------
@@ -406,55 +408,212 @@ def cluster_id(cluster_name: str) -> bytes:
                            person=b"ringd-cluster").digest()
 
 
+_epoch_last = 0
+
+
+def new_epoch(previous: int = 0) -> int:
+    """A sender epoch above ``previous`` (the one persisted by the last run) and above every
+    epoch handed out before in this process: microseconds of the wall clock, or one more."""
+    global _epoch_last
+    _epoch_last = max(previous + 1, _epoch_last + 1, time.time_ns() // 1000)
+    return _epoch_last
+
+
+class ReplayWindow:
+    """Per-sender sliding windows over (epoch, counter) of authenticated datagrams.
+
+    A datagram is fresh if its epoch is newer than the sender's, or equal with a counter
+    above the highest seen, or within the last :data:`REPLAY_WINDOW` counters and not seen
+    (the IPsec/WireGuard anti-replay window). Windows only move for datagrams that
+    authenticated, so forgeries cannot shift them. Reordering between our two sockets and
+    their batches is far below the window.
+
+    A window starts full: the counters below the first one we see of a sender's run count
+    as seen. So a receiver that restarted refuses copies of what the sender sent before
+    (all but what a replay slips in before the sender's first genuine datagram reaches
+    it); the price is that a datagram reordered behind that first one is dropped, once per
+    sender run, and the protocols resend it.
+    """
+
+    __slots__ = ("_windows",)
+
+    def __init__(self) -> None:
+        # sender -> [epoch, highest counter, bitmap of counters seen below it]
+        self._windows: dict[str, list[int]] = {}
+
+    def fresh(self, sender: str, epoch: int, counter: int) -> bool:
+        w = self._windows.get(sender)
+        if w is None or epoch > w[0]:
+            return True
+        if epoch < w[0]:
+            return False  # an earlier run of the sender
+        top = w[1]
+        if counter > top:
+            return True
+        back = top - counter
+        return back < REPLAY_WINDOW and not (w[2] >> back) & 1
+
+    def mark(self, sender: str, epoch: int, counter: int) -> None:
+        """Record an authenticated datagram (checked :meth:`fresh` just before)."""
+        windows = self._windows
+        w = windows.get(sender)
+        if w is None or epoch > w[0]:
+            if w is None and len(windows) >= REPLAY_SENDERS_MAX:
+                del windows[next(iter(windows))]  # the longest-known sender goes
+            windows[sender] = [epoch, counter, _WINDOW_MASK]
+            return
+        top = w[1]
+        if counter > top:
+            w[2] = ((w[2] << (counter - top)) | 1) & _WINDOW_MASK
+            w[1] = counter
+        else:
+            w[2] |= 1 << (top - counter)
+
+
 class Codec:
     """Encodes messages into datagrams of one cluster and decodes untrusted datagrams.
 
-    With ``key`` every datagram carries a MAC and unauthenticated ones are refused;
-    without it, authenticated datagrams are refused (we cannot verify them).
+    Without keys, datagrams are plain and keyed ones are refused (we cannot verify them).
+    With a key (or a :class:`~ringd.keyring.Keyring`), every datagram is encrypted and
+    authenticated with AES-256-GCM, or only authenticated (keyed BLAKE2b) with
+    ``auth_only``; the other kinds are refused, and so are replays.
+
+    ``epoch`` orders this sender's runs (see :func:`new_epoch`); the daemon persists it.
+    The codec is stateful: each keyed datagram takes the next nonce counter, and decoding
+    records what was received, so a datagram decodes once.
     """
 
-    def __init__(self, cluster_name: str, key: bytes | None = None,
-                 datagram_bytes_max: int = 65000) -> None:
-        if key is not None and len(key) < KEY_BYTES_MIN:
-            raise ValueError(f"key must have at least {KEY_BYTES_MIN} bytes")
+    def __init__(self, cluster_name: str, key: bytes | None = None, *,
+                 keyring: Keyring | None = None, auth_only: bool = False,
+                 epoch: int | None = None, datagram_bytes_max: int = 65000) -> None:
+        if key is not None:
+            if len(key) < KEY_BYTES_MIN:
+                raise ValueError(f"key must have at least {KEY_BYTES_MIN} bytes")
+            keyring = Keyring([key])
         self.cluster_name = cluster_name
         self.datagram_bytes_max = datagram_bytes_max
+        self.keyring = keyring
+        self.auth_only = auth_only
         self._cluster_id = cluster_id(cluster_name)
-        self._mac: Any = None  # a keyed blake2b object, copied per datagram
-        if key is not None:
-            # Derive the MAC key so any key length works and the key file can later feed
-            # other primitives (encryption) without reusing the same bytes.
-            mac_key = hashlib.blake2b(key, digest_size=32, person=b"ringd-mac-key").digest()
-            self._mac = hashlib.blake2b(key=mac_key, digest_size=MAC_BYTES, person=b"ringd-mac-v1")
-        self._header = _HEADER.pack(MAGIC, VERSION, FLAG_MAC if key is not None else 0,
-                                    self._cluster_id)
+        self._header = _HEADER.pack(MAGIC, VERSION, 0, self._cluster_id)
+        self._flag = FLAG_MAC if auth_only else FLAG_AEAD
+        self.epoch = new_epoch() if epoch is None else epoch
+        # Nonce = salt || counter. Why nonces never repeat under one AES key: the AES key
+        # is derived per (key, sender, epoch) (see _aead_key) and the counter never repeats
+        # within a codec. A sender's epoch is above the one persisted by its previous run
+        # and above the wall clock's microseconds at start, so the same (sender, epoch)
+        # needs both a lost state directory and a clock set back to that exact microsecond;
+        # even then the random 32-bit salt must collide too (or two live daemons share a
+        # name, which gossip refuses, and started in the same microsecond).
+        self._salt = os.urandom(4)
+        self._counter = 0
+        self._replay = ReplayWindow()
+        self._generation = -1
+        self._aead: dict[tuple[str, str, int], AESGCM] = {}
+        self._mac: dict[str, Any] = {}
+        self._prefixes: dict[str, tuple[bytes, Any]] = {}
 
     @property
     def authenticated(self) -> bool:
-        """True when this codec signs and verifies datagrams."""
-        return self._mac is not None
+        """True when this codec signs (and maybe encrypts) and verifies datagrams."""
+        return self.keyring is not None
+
+    @property
+    def encrypted(self) -> bool:
+        return self.keyring is not None and not self.auth_only
+
+    # --- derived keys ----------------------------------------------------------------------
+
+    def _sync_keyring(self) -> None:
+        """Drop what was derived from keys the keyring no longer holds (or holds differently)."""
+        keyring = self.keyring
+        assert keyring is not None
+        if self._generation != keyring.generation:
+            self._generation = keyring.generation
+            self._aead.clear()
+            self._mac.clear()
+            self._prefixes.clear()
+
+    def _aead_key(self, kid: str, sender: str, epoch: int) -> AESGCM | None:
+        cache = self._aead
+        cipher = cache.get((kid, sender, epoch))
+        if cipher is None:
+            key = self.keyring.keys.get(kid)  # type: ignore[union-attr]
+            if key is None:
+                return None
+            # A per-(sender, run) AES key from the cluster key: BLAKE2b keyed with the root
+            # key is a PRF (libsodium's crypto_kdf works the same way).
+            material = hashlib.blake2b(
+                struct.pack(">Q", epoch) + sender.encode(), key=root_key(key), digest_size=32,
+                person=b"ringd-aead-v1").digest()
+            if len(cache) >= DERIVED_KEYS_MAX:
+                cache.clear()
+            cipher = cache[(kid, sender, epoch)] = AESGCM(material)
+        return cipher
+
+    def _mac_key(self, kid: str) -> Any:
+        mac = self._mac.get(kid)
+        if mac is None:
+            key = self.keyring.keys.get(kid)  # type: ignore[union-attr]
+            if key is None:
+                return None
+            mac_key = hashlib.blake2b(root_key(key), digest_size=32, person=b"ringd-mac-key").digest()
+            mac = self._mac[kid] = hashlib.blake2b(key=mac_key, digest_size=TAG_BYTES,
+                                                   person=b"ringd-mac-v2")
+        return mac
+
+    # --- encoding --------------------------------------------------------------------------
 
     def encode(self, sender: str, msg: Message) -> bytes:
         """One datagram carrying ``msg`` from ``sender``; ValueError if it would be too large."""
         if not 0 < len(sender) <= SENDER_CHARS_MAX:
             raise ValueError(f"sender name must have 1..{SENDER_CHARS_MAX} characters")
-        data = self._header + cbor2.dumps([sender, _to_plain(msg)])
-        if self._mac is not None:
-            mac = self._mac.copy()
-            mac.update(data)
-            data += mac.digest()
+        if self.keyring is None:
+            data = self._header + cbor2.dumps([sender, _to_plain(msg)])
+        else:
+            data = self._encode_keyed(sender, cbor2.dumps(_to_plain(msg)))
         if len(data) > self.datagram_bytes_max:
             raise ValueError(f"{type(msg).__name__} datagram of {len(data)} bytes exceeds "
                              f"datagram_bytes_max ({self.datagram_bytes_max})")
         return data
+
+    def _encode_keyed(self, sender: str, body: bytes) -> bytes:
+        self._sync_keyring()
+        entry = self._prefixes.get(sender)
+        if entry is None:
+            keyring = self.keyring
+            assert keyring is not None
+            name = sender.encode()
+            if len(name) > SENDER_CHARS_MAX:
+                raise ValueError(f"sender name must have at most {SENDER_CHARS_MAX} bytes")
+            kid = keyring.primary
+            prefix = (_KEYED.pack(MAGIC, VERSION, self._flag, self._cluster_id, bytes.fromhex(kid),
+                                  self.epoch, len(name)) + name + self._salt)
+            tool = self._mac_key(kid) if self.auth_only else self._aead_key(kid, sender, self.epoch)
+            entry = self._prefixes[sender] = (prefix, tool)
+        prefix, tool = entry
+        counter = self._counter
+        self._counter = counter + 1
+        # What we send counts as seen: a copy replayed at us is refused like any replay
+        # (our own multicast loop is dropped unread by source address, a replay is not).
+        self._replay.mark(sender, self.epoch, counter)
+        header = prefix + counter.to_bytes(8, "big")
+        if self.auth_only:
+            mac = tool.copy()
+            mac.update(header)
+            mac.update(body)
+            return header + body + mac.digest()
+        return header + tool.encrypt(header[-NONCE_BYTES:], body, header)
 
     def size_of(self, msg: Message) -> int:
         """Encoded size of ``msg`` as embedded in a body (e.g. one piggybacked update)."""
         return len(cbor2.dumps(_to_plain(msg)))
 
     def envelope_bytes(self, sender: str) -> int:
-        """Bytes a datagram from ``sender`` adds around its message (header, MAC, arrays)."""
+        """Bytes a datagram from ``sender`` adds around its message (header, tag, arrays)."""
         return len(self.encode(sender, _EMPTY)) - self.size_of(_EMPTY)
+
+    # --- decoding --------------------------------------------------------------------------
 
     def decode_untrusted(self, data: bytes) -> tuple[str, Message]:
         """(sender, message) from a peer's datagram, or :class:`WireError` -- nothing else."""
@@ -474,35 +633,73 @@ class Codec:
         _magic, version, flags, cluster = _HEADER.unpack_from(data)
         if version != VERSION:
             raise WireError(DropReason.BAD_VERSION, f"version {version}")
-        if flags & ~FLAG_MAC:
+        if flags not in (0, FLAG_MAC, FLAG_AEAD):
             raise _bad(f"unknown flags {flags:#x}")
         if cluster != self._cluster_id:
             raise WireError(DropReason.WRONG_CLUSTER)
-        end = size
-        if flags & FLAG_MAC:
-            if self._mac is None:
-                raise WireError(DropReason.AUTH_FAILED, "datagram has a MAC but we have no key")
-            end = size - MAC_BYTES
-            if end <= HEADER_BYTES:
-                raise WireError(DropReason.AUTH_FAILED, "datagram too short for its MAC")
-            mac = self._mac.copy()
-            mac.update(data[:end])
-            if not hmac.compare_digest(mac.digest(), data[end:]):
-                raise WireError(DropReason.AUTH_FAILED, "bad MAC")
-        elif self._mac is not None:
+        if flags:
+            return self._decode_keyed(data, flags)
+        if self.keyring is not None:
             raise WireError(DropReason.AUTH_FAILED, "datagram is not authenticated")
-        body = _loads_exact(bytes(data[HEADER_BYTES:end]), DEPTH_MAX)
+        body = _loads_exact(bytes(data[HEADER_BYTES:]), DEPTH_MAX)
         if type(body) is not list or len(body) != 2:
             raise _bad("body is not [sender, message]")
         sender, plain = body
         if type(sender) is not str or not 0 < len(sender) <= SENDER_CHARS_MAX:
             raise _bad("bad sender name")
-        if type(plain) is not list or not plain or type(plain[0]) is not int:
-            raise _bad("bad message array")
-        cls = MESSAGE_TYPES.get(plain[0])
-        if cls is None:
-            raise WireError(DropReason.UNKNOWN_TYPE, f"unknown message type {plain[0]}")
-        return sender, (_SCHEMAS.get(cls) or _schema(cls)).decode(plain)
+        return sender, _decode_message(plain)
+
+    def _decode_keyed(self, data: bytes, flags: int) -> tuple[str, Message]:
+        """Key id, replay and tag are checked before any CBOR is parsed."""
+        keyring = self.keyring
+        if keyring is None:
+            raise WireError(DropReason.AUTH_FAILED, "datagram is keyed but we have no key")
+        if flags != self._flag:
+            mode = "authenticated only" if flags == FLAG_MAC else "encrypted"
+            raise WireError(DropReason.AUTH_FAILED, f"datagram is {mode}, we use the other mode")
+        size = len(data)
+        if size < _KEYED.size:
+            raise _bad("keyed header truncated")
+        kid_bytes, epoch, name_len = _KEYED_TAIL.unpack_from(data, HEADER_BYTES)
+        header_end = _KEYED.size + name_len + NONCE_BYTES
+        if name_len == 0 or size < header_end + TAG_BYTES:
+            raise _bad("keyed datagram too short")
+        header = bytes(data[:header_end])
+        sender = header[_KEYED.size:_KEYED.size + name_len].decode()  # UnicodeError: malformed
+        counter = int.from_bytes(header[-8:], "big")
+        self._sync_keyring()
+        kid = kid_bytes.hex()
+        if kid not in keyring.keys:
+            raise WireError(DropReason.UNKNOWN_KEY, f"key id {kid}")
+        replay = self._replay
+        if not replay.fresh(sender, epoch, counter):
+            raise WireError(DropReason.REPLAYED, f"{sender} epoch {epoch} counter {counter}")
+        if flags == FLAG_AEAD:
+            cipher = self._aead_key(kid, sender, epoch)
+            assert cipher is not None
+            try:
+                # A view, not a copy: datagrams carrying Totem batches run to 60 KB.
+                body = cipher.decrypt(header[-NONCE_BYTES:], memoryview(data)[header_end:], header)
+            except InvalidTag:
+                raise WireError(DropReason.BAD_TAG, "AES-GCM tag does not verify") from None
+        else:
+            mac = self._mac_key(kid).copy()
+            end = size - TAG_BYTES
+            mac.update(data[:end])
+            if not hmac.compare_digest(mac.digest(), data[end:]):
+                raise WireError(DropReason.BAD_TAG, "bad MAC")
+            body = bytes(data[header_end:end])
+        replay.mark(sender, epoch, counter)
+        return sender, _decode_message(_loads_exact(body, DEPTH_MAX))
+
+
+def _decode_message(plain: Any) -> Message:
+    if type(plain) is not list or not plain or type(plain[0]) is not int:
+        raise _bad("bad message array")
+    cls = MESSAGE_TYPES.get(plain[0])
+    if cls is None:
+        raise WireError(DropReason.UNKNOWN_TYPE, f"unknown message type {plain[0]}")
+    return (_SCHEMAS.get(cls) or _schema(cls)).decode(plain)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -10,7 +10,18 @@ from typing import Any
 import pytest
 
 from ringd.config import Config
-from ringd.core.events import ClientBacklog, Multicast, Persist, Reply, Send, Start, Tick
+from ringd.core.events import (
+    ClientBacklog,
+    KeyMessageDelivered,
+    Log,
+    Multicast,
+    Persist,
+    PublishInternal,
+    Reply,
+    Send,
+    Start,
+    Tick,
+)
 from ringd.core.groups import ToClient
 from ringd.core.node import (
     BACKPRESSURE_HOLD_MAX_FRACTION,
@@ -27,6 +38,7 @@ from ringd.core.requests import (
     parse_request,
 )
 from ringd.core.totem_state import State
+from ringd.key_messages import KeyAck, KeyOp
 from ringd.messages import Address
 from ringd.totem_messages import Token
 from ringd.wire import Codec, decode_payload, encode_payload
@@ -183,3 +195,21 @@ def test_parsed_requests_fill_in_defaults() -> None:
     req = parse_request("send", {"group": "g", "data": b"x"}, conn=1, pid=2, request_id=3)
     assert req == SendMessages(conn=1, pid=2, request_id=3, group="g", data=(b"x",), safe=False,
                                wait=True)
+
+
+def test_keyring_payloads_go_to_the_runtime_in_ring_order_not_to_groups() -> None:
+    node, now, _ = alone_and_operational()
+    op = KeyOp(request="a/1", op="use", key_id="0011aabb", wrapped=b"", wrap_key_id="")
+    ack = KeyAck(request="a/1", node="a", error="", primary="0011aabb", keys=("0011aabb",))
+    out = node.handle(PublishInternal(payload=encode_payload(op)), now)
+    out += node.handle(PublishInternal(payload=encode_payload(ack)), now)
+    run_until(node, now, now + 1.0, out)
+    delivered = [e for e in out if type(e) is KeyMessageDelivered]
+    assert [e.msg for e in delivered] == [op, ack]  # in the order published, once each
+    assert all(e.origin == "a" and e.members == ("a",) for e in delivered)
+    assert node.groups.stats.bad_payloads == 0 and not any(type(e) is ToClient for e in out)
+
+    observer = make_node("b")  # not started: not in any ring
+    observer.active = False
+    effects = observer.handle(PublishInternal(payload=encode_payload(op)), 0.0)
+    assert any(type(e) is Log and "not in the ring" in e.text for e in effects)

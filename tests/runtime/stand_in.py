@@ -53,6 +53,7 @@ class StandInDaemon:
         self.view_changed_wall = 1.0
         self.ring_changed_wall = 1.0
         self.recent_events: collections.deque[dict[str, object]] = collections.deque()
+        self.keys = None  # no keyring
 
     def inbox_len(self) -> int:
         return self.inbox_recv.statistics().current_buffer_used

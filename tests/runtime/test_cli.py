@@ -58,11 +58,14 @@ def _isolated(tmp: Path) -> list[str]:
         (["--port", "70000"], {}, "net.port: must be a port number"),
         ([], {"RINGD_NET_MULTICAST_TTL": "lots"}, "net.multicast_ttl: expected an integer"),
         (["--config", "BAD_TOML"], {}, "invalid TOML"),
-        (["--key-file", "SHORT_KEY"], {}, "key file"),
+        (["--key-file", "SHORT_KEY"], {}, "hex key has 2 bytes, need at least 16"),
+        (["--key-file", "OPEN_KEY"], {}, "permissions 0644 are too open"),
+        (["--set", "key_mode=rot13"], {}, "key_mode: must be one of encrypt, auth_only"),
         (["--tag", "novalue"], {}, "--tag expects KEY=VALUE"),
         (["--no-such-flag"], {}, "No such option: --no-such-flag"),
     ],
-    ids=["negative-timeout", "unknown-key", "bad-port", "bad-env", "bad-toml", "short-key", "bad-tag",
+    ids=["negative-timeout", "unknown-key", "bad-port", "bad-env", "bad-toml", "short-key", "open-key",
+         "bad-key-mode", "bad-tag",
          "unknown-flag"],
 )
 def test_bad_config_is_one_line_naming_the_problem(
@@ -71,7 +74,12 @@ def test_bad_config_is_one_line_naming_the_problem(
     bad_toml.write_text('name = "x"\n[gossip\nprobe_interval_s = 1\n')
     short_key = short_tmp / "short.key"
     short_key.write_text("abcd\n")
-    args = [{"BAD_TOML": str(bad_toml), "SHORT_KEY": str(short_key)}.get(a, a) for a in args]
+    short_key.chmod(0o600)
+    open_key = short_tmp / "open.key"
+    open_key.write_text("00" * 32 + "\n")
+    open_key.chmod(0o644)
+    files = {"BAD_TOML": bad_toml, "SHORT_KEY": short_key, "OPEN_KEY": open_key}
+    args = [str(files[a]) if a in files else a for a in args]
     result = subprocess.run(
         [*RINGD, "run", *_isolated(short_tmp), *args],
         capture_output=True, text=True, timeout=30, env={**os.environ, **env}, stdin=subprocess.DEVNULL,

@@ -44,18 +44,21 @@ def _dropped(node: DaemonProcess) -> dict[str, int]:
 def _write_key(path: Path) -> bytes:
     key = secrets.token_bytes(32)
     path.write_text(key.hex() + "\n")
+    path.chmod(0o600)
     return key
 
 
-@pytest.mark.parametrize("keyed", [False, True], ids=["no-key", "with-key"])
+@pytest.mark.parametrize("mode", ["", "encrypt", "auth_only"], ids=["no-key", "encrypt", "auth-only"])
 def test_garbage_and_forged_datagrams_are_counted_and_harmless(
-        daemons: ProcessRegistry, short_tmp: Path, keyed: bool) -> None:
+        daemons: ProcessRegistry, short_tmp: Path, mode: str) -> None:
     args: list[str] = []
     key = None
+    keyed = bool(mode)
+    auth_only = mode == "auth_only"
     if keyed:
         key_path = short_tmp / "cluster.key"
         key = _write_key(key_path)
-        args = ["--key-file", str(key_path)]
+        args = ["--key-file", str(key_path), "--set", f"key_mode={mode}"]
     nodes = daemons.start_cluster(2, *args)
     target, other = nodes
     wait_until(lambda: all_see(nodes, {"node1": "alive", "node2": "alive"}), CONVERGE_S, "convergence")
@@ -70,11 +73,15 @@ def test_garbage_and_forged_datagrams_are_counted_and_harmless(
                           for m in (dead, suspect)],
     }
     if keyed:
+        good = Codec(daemons.cluster_name, key=key, auth_only=auth_only).encode("node1", dead)
         forged["auth_failed"] = [
-            Codec(daemons.cluster_name).encode("node1", dead),  # no MAC at all
-            Codec(daemons.cluster_name, key=secrets.token_bytes(32)).encode("node1", dead),  # wrong key
-            Codec(daemons.cluster_name, key=key).encode("node1", dead)[:-1] + b"\x00",  # tampered MAC
+            Codec(daemons.cluster_name).encode("node1", dead),  # not protected at all
+            # protected the other way (encrypted vs authenticated only)
+            Codec(daemons.cluster_name, key=key, auth_only=not auth_only).encode("node1", dead),
         ]
+        forged["unknown_key"] = [Codec(daemons.cluster_name, key=secrets.token_bytes(32),
+                                       auth_only=auth_only).encode("node1", dead)]
+        forged["bad_tag"] = [good[:-1] + bytes([good[-1] ^ 1])]  # tampered tag or MAC
 
     before = _dropped(target)
     destinations = [("127.0.0.1", unicast_port), (MULTICAST_GROUP, daemons.multicast_port)]

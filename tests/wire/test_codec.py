@@ -14,20 +14,21 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ringd.keyring import KeyFileError, Keyring, key_id, load_key
 from ringd.messages import MESSAGE_TYPES, Address, Alive, Gossip, Message, Nack, Ping
 from ringd.wire import (
     FRAME_BYTES_MAX,
     HEADER_BYTES,
     INT_MAX,
     INT_MIN,
-    MAC_BYTES,
+    REPLAY_WINDOW,
+    TAG_BYTES,
     Codec,
     DropReason,
     FrameReader,
-    KeyFileError,
+    ReplayWindow,
     WireError,
     cluster_id,
-    load_key,
     pack_frame,
 )
 
@@ -107,8 +108,8 @@ def ping_with_updates() -> Ping:
 def test_every_registered_message_round_trips(tag: int, data: st.DataObject) -> None:
     msg = data.draw(message_strategy(MESSAGE_TYPES[tag]))
     sender = data.draw(senders)
-    for codec in (Codec("ringd"), Codec("ringd", key=KEY)):
-        encoded = codec.encode(sender, msg)
+    for codec in (Codec("ringd"), Codec("ringd", key=KEY), Codec("ringd", key=KEY, auth_only=True)):
+        encoded = Codec("ringd", keyring=codec.keyring, auth_only=codec.auth_only).encode(sender, msg)
         assert codec.decode_untrusted(encoded) == (sender, msg)
         assert len(encoded) == codec.envelope_bytes(sender) + codec.size_of(msg)
 
@@ -255,7 +256,10 @@ def decode_only_wire_errors(codec: Codec, data: bytes) -> None:
 def test_random_bytes(data: bytes) -> None:
     decode_only_wire_errors(Codec("ringd"), data)
     decode_only_wire_errors(Codec("ringd"), datagram(data))
-    decode_only_wire_errors(Codec("ringd", key=KEY), datagram(data, flags=1))
+    decode_only_wire_errors(Codec("ringd", key=KEY), datagram(data, flags=2))
+    decode_only_wire_errors(Codec("ringd", key=KEY, auth_only=True), datagram(data, flags=1))
+    keyed = datagram(bytes.fromhex(key_id(KEY)) + data, flags=2)
+    decode_only_wire_errors(Codec("ringd", key=KEY), keyed)
 
 
 @st.composite
@@ -295,36 +299,106 @@ def test_decode_accepts_bytearray_and_memoryview() -> None:
 # --- Authentication -------------------------------------------------------------------
 
 
-def test_authenticated_round_trip_and_failures() -> None:
+def test_encrypted_round_trip_and_failures() -> None:
     keyed, plain = Codec("ringd", key=KEY), Codec("ringd")
     msg = ping_with_updates()
-    data = keyed.encode("n", msg)
-    assert data[3] & 1 and len(data) == len(plain.encode("n", msg)) + MAC_BYTES
+    data = Codec("ringd", key=KEY).encode("n", msg)
+    assert data[3] == 2 and data[12:16] == bytes.fromhex(key_id(KEY))
+    assert cbor(["n", [1]])[1:] not in data and b"node-1" not in data  # nothing readable
     assert keyed.decode_untrusted(data) == ("n", msg)
-    assert reason(Codec("ringd", key=bytes(32)), data) == DropReason.AUTH_FAILED  # wrong key
+    assert reason(keyed, data) == DropReason.REPLAYED  # a second time
+    assert reason(Codec("ringd", key=bytes(32)), data) == DropReason.UNKNOWN_KEY  # other key id
     assert reason(plain, data) == DropReason.AUTH_FAILED  # no key: cannot verify
-    assert reason(keyed, plain.encode("n", msg)) == DropReason.AUTH_FAILED  # not signed
-    assert reason(keyed, data[:-MAC_BYTES]) == DropReason.AUTH_FAILED  # MAC stripped
-    stripped = data[:3] + b"\x00" + data[4:-MAC_BYTES]
-    assert reason(keyed, stripped) == DropReason.AUTH_FAILED  # MAC and flag stripped
-    assert reason(keyed, data[:HEADER_BYTES + 3]) == DropReason.AUTH_FAILED  # too short
+    assert reason(Codec("ringd", key=KEY, auth_only=True), data) == DropReason.AUTH_FAILED
+    fresh = Codec("ringd", key=KEY)
+    assert reason(fresh, plain.encode("n", msg)) == DropReason.AUTH_FAILED  # not protected
+    assert reason(fresh, data[:-TAG_BYTES]) == DropReason.BAD_TAG  # tag stripped
+    assert reason(fresh, data[:25 + 1 + 12 + TAG_BYTES - 1]) == DropReason.MALFORMED  # no tag room
+    assert reason(fresh, data[:-1]) == DropReason.BAD_TAG  # tag cut
+    assert reason(fresh, data[:HEADER_BYTES + 3]) == DropReason.MALFORMED  # too short
+    assert fresh.decode_untrusted(data) == ("n", msg)  # failures did not move the window
 
 
-def test_every_tampered_byte_fails_authentication() -> None:
-    keyed = Codec("ringd", key=KEY)
-    data = keyed.encode("n", ping_with_updates())
+def test_auth_only_round_trip_is_readable_and_authenticated() -> None:
+    sender = Codec("ringd", key=KEY, auth_only=True)
+    keyed = Codec("ringd", key=KEY, auth_only=True)
+    data = sender.encode("n", ping_with_updates())
+    assert data[3] == 1 and b"node-1" in data  # plaintext on the wire
+    assert keyed.decode_untrusted(data) == ("n", ping_with_updates())
+    assert reason(keyed, data) == DropReason.REPLAYED
+    assert reason(Codec("ringd", key=KEY), data) == DropReason.AUTH_FAILED  # we encrypt
+    forged = data[:-1] + bytes([data[-1] ^ 1])
+    assert reason(Codec("ringd", key=KEY, auth_only=True), forged) == DropReason.BAD_TAG
+
+
+@pytest.mark.parametrize("auth_only", [False, True], ids=["encrypted", "auth-only"])
+def test_every_tampered_byte_fails_authentication(auth_only: bool) -> None:
+    data = Codec("ringd", key=KEY, auth_only=auth_only).encode("n", ping_with_updates())
     for pos in range(HEADER_BYTES, len(data)):
         tampered = bytearray(data)
         tampered[pos] ^= 0x40
-        assert reason(keyed, bytes(tampered)) == DropReason.AUTH_FAILED, pos
+        keyed = Codec("ringd", key=KEY, auth_only=auth_only)
+        assert reason(keyed, bytes(tampered)) in (
+            DropReason.BAD_TAG, DropReason.UNKNOWN_KEY, DropReason.MALFORMED), pos
+        assert keyed.decode_untrusted(data)[1] == ping_with_updates(), pos
 
 
-def test_mac_covers_the_cluster_id() -> None:
+def test_tag_covers_the_cluster_id() -> None:
     a, b = Codec("a", key=KEY), Codec("b", key=KEY)
     data = a.encode("n", Nack(seq=1))
     assert reason(b, data) == DropReason.WRONG_CLUSTER
     replayed = data[:4] + cluster_id("b") + data[HEADER_BYTES:]
-    assert reason(b, replayed) == DropReason.AUTH_FAILED
+    assert reason(b, replayed) == DropReason.BAD_TAG
+
+
+def test_key_id_selects_the_key_of_a_keyring() -> None:
+    old, new = bytes(range(32)), bytes(range(1, 33))
+    ring = Keyring([old, new])
+    sender_ring = Keyring([new])
+    receiver = Codec("ringd", keyring=ring)
+    assert receiver.decode_untrusted(Codec("ringd", key=old).encode("a", Nack(seq=1)))[0] == "a"
+    assert receiver.decode_untrusted(Codec("ringd", keyring=sender_ring).encode("b", Nack(seq=2)))[0] == "b"
+    # The keyring changes under a running codec: removed keys stop working at once.
+    ring.use(key_id(new))
+    ring.remove(key_id(old))
+    assert reason(receiver, Codec("ringd", key=old).encode("c", Nack(seq=3))) == DropReason.UNKNOWN_KEY
+    sent = receiver.encode("r", Nack(seq=4))
+    assert sent[12:16] == bytes.fromhex(key_id(new))
+
+
+def test_nonces_never_repeat_and_sender_runs_are_ordered() -> None:
+    first = Codec("ringd", key=KEY)
+    second = Codec("ringd", key=KEY)  # a later run of the same sender
+    assert second.epoch > first.epoch
+    nonces = set()
+    for codec in (first, second):
+        for i in range(50):
+            data = codec.encode("n", Nack(seq=i))
+            nonces.add((data[16:24], data[-TAG_BYTES - 12 - 3:]))
+    assert len(nonces) == 100
+    receiver = Codec("ringd", key=KEY)
+    late = second.encode("n", Nack(seq=1))
+    early = first.encode("n", Nack(seq=1))
+    receiver.decode_untrusted(late)
+    assert reason(receiver, early) == DropReason.REPLAYED  # an earlier run of the sender
+
+
+def test_replay_window_accepts_reordering_and_refuses_repeats() -> None:
+    window = ReplayWindow()
+    window.mark("a", 1, 5)
+    assert not window.fresh("a", 1, 4)  # before the first datagram of the run we saw
+    for counter in (7, 6, 9, 8):
+        assert window.fresh("a", 1, counter)
+        window.mark("a", 1, counter)
+    assert not window.fresh("a", 1, 6) and not window.fresh("a", 1, 9)
+    assert window.fresh("a", 1, 10) and window.fresh("b", 1, 3)
+    window.mark("a", 1, 9 + REPLAY_WINDOW)
+    assert not window.fresh("a", 1, 8)  # fell out of the window: too old to tell
+    assert window.fresh("a", 1, 10)
+    assert not window.fresh("a", 0, 10**6)  # an earlier epoch
+    assert window.fresh("a", 2, 0)
+    window.mark("a", 2, 0)
+    assert not window.fresh("a", 1, 10)
 
 
 def test_short_keys_are_refused() -> None:
@@ -344,6 +418,7 @@ def test_short_keys_are_refused() -> None:
 def test_load_key(tmp_path: Path, content: bytes, key: bytes) -> None:
     path = tmp_path / "key"
     path.write_bytes(content)
+    path.chmod(0o600)
     assert load_key(path) == key
     assert load_key(str(path)) == key
 
@@ -355,12 +430,14 @@ def test_load_key(tmp_path: Path, content: bytes, key: bytes) -> None:
         (b"   \n", "0 bytes"),
         (b"00112233445566778899aabbccddeeff"[:30], "hex key has 15 bytes"),
         (b"tooshort", "raw key has 8 bytes"),
-        (b"x" * 5000, "larger than"),
+        (b"x" * 10000, "larger than"),
+        (b"x" * 5000, "raw key has 5000 bytes, at most 4096"),
     ],
 )
 def test_load_key_errors(tmp_path: Path, content: bytes, problem: str) -> None:
     path = tmp_path / "key"
     path.write_bytes(content)
+    path.chmod(0o600)
     with pytest.raises(KeyFileError, match=problem) as info:
         load_key(path)
     assert str(path) in str(info.value) and "\n" not in str(info.value)
@@ -457,3 +534,15 @@ def test_no_cbor_tag_survives(item: bytes) -> None:
         assert reason(codec, datagram(body)) == DropReason.MALFORMED, tag
         with pytest.raises(WireError):
             FrameReader().feed(len(tagged(tag, item)).to_bytes(4, "big") + tagged(tag, item))
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o620])
+def test_key_file_open_to_group_or_others_is_refused(tmp_path: Path, mode: int) -> None:
+    path = tmp_path / "key"
+    path.write_text(KEY.hex())
+    path.chmod(mode)
+    with pytest.raises(KeyFileError, match=f"permissions {mode:04o} are too open") as info:
+        load_key(path)
+    assert "chmod 600" in str(info.value) and "\n" not in str(info.value)
+    path.chmod(0o400)
+    assert load_key(path) == KEY

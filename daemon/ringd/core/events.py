@@ -65,6 +65,13 @@ class ClientBacklog:
     drained_at: float
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PublishInternal:
+    """Order a daemon-internal payload (a keyring op or answer) on the ring, agreed."""
+
+    payload: bytes
+
+
 Input = Received | Tick | Start | LeaveCluster | SetTags | SendUserEvent
 
 
@@ -143,6 +150,16 @@ class Persist:
 
     key: str
     value: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeyMessageDelivered:
+    """A keyring payload (:mod:`ringd.key_messages`) delivered in total order, by ``origin``,
+    while the ring had ``members``; the runtime applies it to the keyring."""
+
+    origin: str
+    msg: Message
+    members: tuple[str, ...]
 
 
 Effect = Send | Multicast | MemberChanged | UserEventDelivered | LeaveDone | Fatal | Log

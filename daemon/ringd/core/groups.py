@@ -216,6 +216,11 @@ class GroupsCore:
         except Exception:  # the decoder is injected; whatever it raises, the payload is bad
             self.stats.bad_payloads += 1
             return []
+        return self.on_message(d, msg)
+
+    def on_message(self, d: Deliver, msg: Any) -> list[ToClient]:
+        """:meth:`on_deliver` for a payload the caller decoded already (``d.payload`` is
+        ``msg``'s bytes)."""
         if type(msg) is GroupSend:
             if _group_ok(msg.group) and _member_of(msg.member, d.origin):
                 return self._deliver_send(d, msg)

@@ -49,10 +49,12 @@ from typing import Any, Final
 from ringd.config import Config
 from ringd.core.events import (
     ClientBacklog,
+    KeyMessageDelivered,
     Log,
     MemberChanged,
     Multicast,
     Persist,
+    PublishInternal,
     Received,
     Reply,
     Send,
@@ -84,6 +86,7 @@ from ringd.core.totem_events import (
     SendRefused,
     SendTo,
 )
+from ringd.key_messages import KeyAck, KeyOp
 from ringd.messages import Address, MemberState, Message
 from ringd.quorum_messages import QuorumExpected
 from ringd.totem_messages import Token
@@ -188,6 +191,7 @@ class NodeCore:
         self._encode_payload = encode_payload
         self.totem = self._new_totem(now)
         self.groups = GroupsCore(self.name, encode_payload, decode_payload)
+        self._decode_payload = decode_payload
         self.stats = NodeStats()
         # Members that may be in the ring: the first ring_size_max alive ones by name.
         self.eligible: frozenset[str] = frozenset({self.name})
@@ -325,6 +329,12 @@ class NodeCore:
             self._quorum_request(event, now)
         elif tp is ClientGone:
             self._client_gone(event, now)
+        elif tp is PublishInternal:
+            if self.active:
+                self._publish(event.payload, None, now)
+            else:
+                self._out.append(Log(level="warning", text="internal message not published: "
+                                     "this daemon is not in the ring"))
         else:  # Start, LeaveCluster, SetTags, SendUserEvent
             self._gossip(event, now)
 
@@ -489,7 +499,16 @@ class NodeCore:
                     if self.record_deliveries:
                         out.append(eff)
                     groups = self.groups
-                    frames = groups.on_deliver(eff)
+                    try:
+                        msg = self._decode_payload(eff.payload)
+                    except Exception:  # injected decoder: whatever it raises, the payload is bad
+                        groups.stats.bad_payloads += 1
+                        continue
+                    if type(msg) is KeyOp or type(msg) is KeyAck:
+                        out.append(KeyMessageDelivered(origin=eff.origin, msg=msg,
+                                                       members=self.totem.members))
+                        continue
+                    frames = groups.on_message(eff, msg)
                     if frames:
                         out.extend(frames)
                     if groups.quorum_payloads:

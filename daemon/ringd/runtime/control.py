@@ -31,6 +31,7 @@ import errno
 import itertools
 import logging
 import os
+import pwd
 import socket as stdlib_socket
 import stat
 import struct
@@ -42,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import trio
 
 import ringd
-from ringd.core.events import SendUserEvent, SetTags
+from ringd.core.events import PublishInternal, SendUserEvent, SetTags
 from ringd.core.requests import (
     API_OPS,
     API_SEND_BYTES_MAX,
@@ -51,9 +52,11 @@ from ringd.core.requests import (
     SendMessages,
     parse_request,
 )
+from ringd.messages import MemberState
 from ringd.runtime.api_types import ApiConnection, ApiRequest
+from ringd.runtime.keys import KeyRequestError, KeyService
 from ringd.runtime.stream import SocketConnection, accept
-from ringd.wire import FrameReader, WireError, pack_frame
+from ringd.wire import FrameReader, WireError, encode_payload, pack_frame
 
 if TYPE_CHECKING:
     from ringd.config import Config
@@ -75,7 +78,7 @@ PIPELINED_SEND_BYTES_MAX = 256 << 10
 CONTROL_READ_BYTES_MAX = 65536
 # A user event rides in gossip piggyback space, so it must stay small (Serf: 512 B).
 USER_EVENT_BYTES_MAX = 512
-KNOWN_OPS = ("status", "members", "leave", "tags", "event", "events", *API_OPS)
+KNOWN_OPS = ("status", "members", "leave", "tags", "event", "events", "keys", *API_OPS)
 # struct ucred {pid_t pid; uid_t uid; gid_t gid;} of SO_PEERCRED (Linux).
 _UCRED = struct.Struct("iII")
 # How long we wait for an existing socket to answer before calling it stale.
@@ -92,6 +95,7 @@ class ControlStats:
 
     connections_total: int = 0
     connections_rejected: int = 0
+    connections_refused_user: int = 0  # clients of another user not in control_allow_users
     connections_open: int = 0
     slow_dropped: int = 0  # connections closed because their outgoing buffer filled up
     requests: collections.Counter[str] = field(default_factory=collections.Counter)
@@ -131,6 +135,7 @@ class DaemonView(Protocol):
     view_changed_wall: float
     ring_changed_wall: float
     recent_events: collections.deque[dict[str, object]]
+    keys: KeyService | None
 
     @property
     def uptime_s(self) -> float: ...
@@ -219,9 +224,11 @@ class ControlServer:
     """Owns the socket file: refuses a path a live daemon answers on, replaces a stale
     one, restricts permissions, and unlinks the file on close (only if it is still ours)."""
 
-    def __init__(self, path: Path, log: logging.Logger) -> None:
+    def __init__(self, path: Path, log: logging.Logger, allow_users: tuple[str, ...] = ()) -> None:
         self.path = path
         self.log = log
+        self.allow_users = allow_users
+        self._allowed_uids: frozenset[int] | None = frozenset({os.getuid()})  # None: anyone
         self.stats = ControlStats()
         self._sock: stdlib_socket.socket | None = None
         self._inode: int | None = None
@@ -232,6 +239,7 @@ class ControlServer:
     async def bind(self) -> None:
         """Create the parent directory (0700) and the listening socket (0660: the owner's
         group may run client applications)."""
+        self._allowed_uids = allowed_uids(self.allow_users)
         path = self.path
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -313,9 +321,31 @@ class ControlServer:
                 await _send(stream, {"ok": False, "error": "too many control connections"})
                 return
             try:
+                refusal = self._refusal(stream)
+                if refusal is not None:
+                    self.stats.connections_refused_user += 1
+                    try:
+                        await _send(stream, {"ok": False, "error": refusal})
+                        await _drain(stream)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
+                        pass  # the client went away
+                    return
                 await self._serve_connection(daemon, stream)
             finally:
                 self._limiter.release()
+
+    def _refusal(self, stream: SocketConnection) -> str | None:
+        """Why this client may not use the socket (another user, not allowed), or None."""
+        allowed = self._allowed_uids
+        if allowed is None:
+            return None
+        uid = _peer_creds(stream)[1]
+        if uid is None or uid in allowed:
+            return None
+        self.log.warning("control socket: refused a client of uid %d (not in control_allow_users)", uid)
+        return (f"control socket {self.path}: user {_user_name(uid)} (uid {uid}) may not use this "
+                f"daemon, which runs as {_user_name(os.getuid())}; add the user to "
+                "control_allow_users in its config to allow it")
 
     async def _serve_connection(self, daemon: DaemonView, stream: SocketConnection) -> None:
         scope = trio.CancelScope()
@@ -386,6 +416,9 @@ class ControlServer:
             conn.push(reply)
 
         op = request.get("op") if isinstance(request, dict) else None
+        if op == "keys":
+            answer(await self._keys(daemon, request))
+            return
         if op not in API_OPS:
             reply, after = self._dispatch(daemon, request)
             answer(reply)
@@ -423,6 +456,28 @@ class ControlServer:
         await daemon.inbox_send.send(ApiRequest(request=parsed, reply=reply))
         if type(parsed) is not SendMessages:
             await in_flight.wait_until_empty()
+
+    async def _keys(self, daemon: DaemonView, request: dict[str, Any]) -> dict[str, Any]:
+        """A keyring op for the whole cluster: published on the ring, answered once every
+        ring member applied it (see :mod:`ringd.runtime.keys`)."""
+        service = daemon.keys
+        if service is None:
+            self.stats.errors["bad_request"] += 1
+            return {"ok": False, "error": "this daemon runs without a key "
+                    "(start every daemon with key_file to use keys)"}
+        if not daemon.node.active:
+            self.stats.errors["bad_request"] += 1
+            return {"ok": False, "error": "this daemon is not in the ring (a gossip-only "
+                    "observer); ask a ring member"}
+        try:
+            op = service.prepare(request)
+        except KeyRequestError as exc:
+            self.stats.errors["bad_request"] += 1
+            return {"ok": False, "error": str(exc)}
+        self.stats.requests["keys"] += 1
+        await daemon.inbox_send.send(PublishInternal(payload=encode_payload(op)))
+        alive = [v.name for v in daemon.node.gossip.members() if v.state is MemberState.ALIVE]
+        return await service.wait(op, alive)
 
     def _dispatch(
         self, daemon: DaemonView, request: Any
@@ -523,6 +578,19 @@ async def _send(stream: SocketConnection, obj: Any) -> None:
     await stream.send_all(pack_frame(obj))
 
 
+async def _drain(stream: SocketConnection) -> None:
+    """Read and discard what the client sends (bounded, for a short while) before we close:
+    a client that writes its request after our error frame then reads the error, instead
+    of failing its write on a socket we already closed."""
+    received = 0
+    with trio.move_on_after(CLOSE_FLUSH_TIMEOUT_S):
+        while received < CONTROL_FRAME_BYTES_MAX:
+            data = await stream.receive_some(CONTROL_READ_BYTES_MAX)
+            if not data:
+                return
+            received += len(data)
+
+
 async def _put_disconnect(daemon: DaemonView, conn: ApiConnection) -> None:
     try:
         await daemon.inbox_send.send(ClientGone(conn=conn.conn))
@@ -530,14 +598,44 @@ async def _put_disconnect(daemon: DaemonView, conn: ApiConnection) -> None:
         pass  # the daemon is shutting down
 
 
-def _peer_pid(stream: SocketConnection) -> int:
-    """The client's process id from SO_PEERCRED (0 where the OS does not tell)."""
+def _peer_creds(stream: SocketConnection) -> tuple[int, int | None]:
+    """The client's (pid, uid) from SO_PEERCRED; (0, None) where the OS does not tell."""
     option = getattr(stdlib_socket, "SO_PEERCRED", None)
     if option is None:
-        return 0
+        return 0, None
     try:
         creds = stream.socket.getsockopt(stdlib_socket.SOL_SOCKET, option, _UCRED.size)
     except OSError:
-        return 0
-    pid, _uid, _gid = _UCRED.unpack(creds)
-    return int(pid)
+        return 0, None
+    pid, uid, _gid = _UCRED.unpack(creds)
+    return int(pid), int(uid)
+
+
+def _peer_pid(stream: SocketConnection) -> int:
+    """The client's process id from SO_PEERCRED (0 where the OS does not tell)."""
+    return _peer_creds(stream)[0]
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def allowed_uids(users: tuple[str, ...]) -> frozenset[int] | None:
+    """The uids that may use the control socket: ours and ``users`` (names or uids);
+    None when ``"*"`` allows anyone who can open the socket file. ControlSocketError
+    names an unknown user."""
+    if "*" in users:
+        return None
+    uids = {os.getuid()}
+    for user in users:
+        if user.isdigit():
+            uids.add(int(user))
+            continue
+        try:
+            uids.add(pwd.getpwnam(user).pw_uid)
+        except KeyError:
+            raise ControlSocketError(f"control_allow_users: no user named {user!r}") from None
+    return frozenset(uids)

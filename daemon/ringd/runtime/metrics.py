@@ -402,6 +402,9 @@ class DaemonCollector(Collector):
                        stats.slow_dropped)
         yield _counter("ringd_control_connections_rejected", "Control connections over the limit.",
                        stats.connections_rejected)
+        yield _counter("ringd_control_connections_refused_user",
+                       "Control connections refused: a client of another user not in "
+                       "control_allow_users.", stats.connections_refused_user)
         # Keys are set by the control server's code only (never by clients), so the union is bounded.
         ops = sorted(set(KNOWN_OPS) | set(stats.requests))
         yield _labelled_counter("ringd_control_requests", "Control requests answered, by op.", "op",

@@ -28,12 +28,14 @@ from ringd.config import Config
 from ringd.core.events import (
     ClientBacklog,
     Fatal,
+    KeyMessageDelivered,
     LeaveCluster,
     LeaveDone,
     Log,
     MemberChanged,
     Multicast,
     Persist,
+    PublishInternal,
     Reply,
     Send,
     Start,
@@ -44,14 +46,16 @@ from ringd.core.groups import ToClient
 from ringd.core.node import INCARNATION, RING_SEQ, NodeCore
 from ringd.core.quorum import EXPECTED_VOTES, QuorumStatus
 from ringd.core.totem_events import ConfigChange, ConfigKind
+from ringd.keyring import KEYRING_FILE, KeyFileError, Keyring, key_id, load_key
 from ringd.messages import Address
 from ringd.runtime.alarm import Alarm
 from ringd.runtime.api_types import ApiConnection, ApiRequest
 from ringd.runtime.control import ControlServer, ControlSocketError, ControlStats
+from ringd.runtime.keys import KeyService
 from ringd.runtime.logs import level_number, setup_logging
 from ringd.runtime.state_files import read_counter, write_counter
 from ringd.runtime.udp import UdpTransport, advertised_host, open_udp_transport
-from ringd.wire import Codec, KeyFileError, decode_payload, encode_payload, load_key
+from ringd.wire import Codec, decode_payload, encode_payload, new_epoch
 
 if TYPE_CHECKING:
     from ringd.runtime.metrics import MetricsServer
@@ -62,6 +66,7 @@ LEAVE_WAIT_S = 2.0
 INCARNATION_FILE = "incarnation"
 RING_SEQ_FILE = "ring_seq"
 EXPECTED_VOTES_FILE = "expected_votes"
+EPOCH_FILE = "epoch"
 _STATE_FILES = {INCARNATION: INCARNATION_FILE, RING_SEQ: RING_SEQ_FILE,
                 EXPECTED_VOTES: EXPECTED_VOTES_FILE}
 _TICK = Tick()
@@ -97,6 +102,40 @@ def read_expected_votes(state_dir: Path, log: logging.Logger) -> int:
     # Missing or damaged: 0, i.e. quorum.expected_votes or the votes of the first
     # configuration; the largest configuration seen is persisted again at once.
     return read_counter(state_dir / EXPECTED_VOTES_FILE, log) or 0
+
+
+def load_keyring(cfg: Config, state_dir: Path, log: logging.Logger) -> Keyring | None:
+    """The keyring this daemon starts with: the one persisted in the state directory (keys
+    installed, switched and removed online survive restarts), else one holding the key of
+    ``key_file``; None without ``key_file``. Raises :class:`StartupError`."""
+    if not cfg.key_file:
+        return None
+    path = state_dir / KEYRING_FILE
+    try:
+        key = load_key(cfg.key_file)
+        keyring = Keyring.load(path)
+        if keyring is None:
+            keyring = Keyring([key])
+            keyring.save(path)
+        elif key_id(key) not in keyring.keys:
+            log.warning("the key of %s (%s) is not in the keyring %s (removed by a rotation?); "
+                        "using the keyring, primary key %s", cfg.key_file, key_id(key), path,
+                        keyring.primary)
+    except KeyFileError as exc:
+        raise StartupError(str(exc)) from None
+    except OSError as exc:
+        raise StartupError(f"cannot write {path}: {exc.strerror}") from None
+    return keyring
+
+
+def next_epoch(state_dir: Path, log: logging.Logger) -> int:
+    """This run's sender epoch (see :func:`ringd.wire.new_epoch`), persisted before use."""
+    epoch = new_epoch(read_counter(state_dir / EPOCH_FILE, log) or 0)
+    try:
+        write_counter(state_dir / EPOCH_FILE, epoch)
+    except OSError as exc:
+        raise StartupError(f"cannot write {state_dir / EPOCH_FILE}: {exc.strerror}") from None
+    return epoch
 
 
 def prepare_state_dir(path: Path) -> None:
@@ -188,6 +227,10 @@ class Daemon:
         # Connections whose outgoing backlog changed since the core last heard of it.
         self._backlog_changed: dict[int, ApiConnection] = {}
         self._nursery: trio.Nursery | None = None
+        # The keyring and its online changes; None without key_file.
+        self.keys: KeyService | None = None
+        if codec.keyring is not None:
+            self.keys = KeyService(node.name, codec.keyring, cfg.state_path / KEYRING_FILE, log)
 
     @property
     def uptime_s(self) -> float:
@@ -358,6 +401,14 @@ class Daemon:
             elif tp is Log:
                 extra = "".join(f" {k}={v}" for k, v in effect.fields.items())
                 self.log.log(level_number(effect.level), "%s%s", effect.text, extra)
+            elif tp is KeyMessageDelivered:
+                if self.keys is None:  # a keyless ring: some member's bug or mischief
+                    self.log.warning("keyring op from %s ignored: this daemon has no key", effect.origin)
+                    continue
+                ack = self.keys.on_delivered(effect)
+                if ack is not None:
+                    # Answer at the next turn of the driver (we are inside one now).
+                    self._ready.append(PublishInternal(payload=encode_payload(ack)))
             elif tp is UserEventDelivered:
                 self.log.debug("user event %s from %s (ltime %d)", effect.name, effect.origin, effect.ltime)
                 self.recent_events.append({"origin": effect.origin, "ltime": effect.ltime,
@@ -428,17 +479,14 @@ async def run_daemon(cfg: Config, *, task_status: trio.TaskStatus[Daemon] = trio
     receives the :class:`Daemon` once the UDP and control sockets are serving.
     """
     log = setup_logging(cfg.node_name, cfg.log_level)
-    control = ControlServer(cfg.socket_path, log)
+    control = ControlServer(cfg.socket_path, log, cfg.control_allow_users)
     transport: UdpTransport | None = None
     metrics: MetricsServer | None = None
     daemon: Daemon | None = None
     try:
-        try:
-            key = load_key(cfg.key_file) if cfg.key_file else None
-        except KeyFileError as exc:
-            raise StartupError(str(exc)) from None
         state_dir = cfg.state_path
         prepare_state_dir(state_dir)
+        keyring = load_keyring(cfg, state_dir, log)
         try:
             await control.bind()
         except ControlSocketError as exc:
@@ -469,7 +517,8 @@ async def run_daemon(cfg: Config, *, task_status: trio.TaskStatus[Daemon] = trio
             write_incarnation(state_dir, incarnation)
         except OSError as exc:
             raise StartupError(f"cannot write {state_dir / INCARNATION_FILE}: {exc.strerror}") from None
-        codec = Codec(cfg.cluster_name, key=key, datagram_bytes_max=cfg.net.datagram_bytes_max)
+        codec = Codec(cfg.cluster_name, keyring=keyring, auth_only=cfg.key_mode == "auth_only",
+                      epoch=next_epoch(state_dir, log), datagram_bytes_max=cfg.net.datagram_bytes_max)
         bound = transport.local_address
         seeds = [parse_hostport(s) for s in cfg.net.seeds]
         try:

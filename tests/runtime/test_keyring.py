@@ -1,0 +1,155 @@
+"""The keyring and its online ops without sockets: KeyService instances of several members
+exchanging their ops and answers through a stand-in for the ring's total order."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+import trio
+
+from ringd.core.events import KeyMessageDelivered
+from ringd.key_messages import KeyAck, KeyOp
+from ringd.keyring import (
+    KEYRING_FILE,
+    KeyFileError,
+    Keyring,
+    KeyringError,
+    generate_key_file,
+    key_id,
+    load_key,
+)
+from ringd.runtime.keys import KeyRequestError, KeyService
+from ringd.wire import Codec, DropReason, WireError
+
+OLD, NEW = bytes(range(32)), bytes(range(100, 132))
+LOG = logging.getLogger("test")
+
+
+def services(tmp: Path, names: tuple[str, ...]) -> dict[str, KeyService]:
+    out = {}
+    for name in names:
+        (tmp / name).mkdir()
+        out[name] = KeyService(name, Keyring([OLD]), tmp / name / KEYRING_FILE, LOG)
+    return out
+
+
+def ring_deliver(members: dict[str, KeyService], origin: str, msg: KeyOp | KeyAck,
+                 ring: tuple[str, ...] | None = None) -> None:
+    """Deliver ``msg`` to every member in turn, then their answers, as the ring would."""
+    ring = ring or tuple(members)
+    acks = []
+    for name in ring:
+        ack = members[name].on_delivered(KeyMessageDelivered(origin=origin, msg=msg, members=ring))
+        if ack is not None:
+            acks.append(ack)
+    for ack in acks:
+        for name in ring:
+            members[name].on_delivered(KeyMessageDelivered(origin=ack.node, msg=ack, members=ring))
+
+
+async def run_op(members: dict[str, KeyService], origin: str, request: dict,
+                 ring: tuple[str, ...] | None = None, alive: tuple[str, ...] = ()) -> dict:
+    op = members[origin].prepare(request)
+    async with trio.open_nursery() as nursery:
+        result: dict = {}
+
+        async def wait() -> None:
+            result.update(await members[origin].wait(op, list(alive)))
+
+        nursery.start_soon(wait)
+        await trio.testing.wait_all_tasks_blocked()
+        ring_deliver(members, origin, op, ring)
+    return result
+
+
+async def test_install_use_remove_through_the_ring(tmp_path: Path) -> None:
+    members = services(tmp_path, ("a", "b", "c"))
+    old, new = key_id(OLD), key_id(NEW)
+    done = await run_op(members, "a", {"action": "install", "key": NEW.hex().encode()})
+    assert done["missing"] == {} and all(not m["error"] for m in done["members"].values())
+    assert all(m["keys"] == sorted([old, new]) and m["primary"] == old for m in done["members"].values())
+
+    # A datagram under the new key is accepted by every member before anyone uses it.
+    receiver = Codec("c", keyring=members["c"].keyring)
+    assert receiver.decode_untrusted(Codec("c", key=NEW).encode("x", KeyAck(
+        request="r", node="x", error="", primary="", keys=())))[0] == "x"
+
+    done = await run_op(members, "b", {"action": "use", "key_id": new})
+    assert {m["primary"] for m in done["members"].values()} == {new}
+    sender = Codec("c", keyring=members["a"].keyring)
+    assert sender.encode("a", KeyAck(request="r", node="a", error="", primary="", keys=()))[12:16] \
+        == bytes.fromhex(new)
+
+    refused = await run_op(members, "c", {"action": "remove", "key_id": new})
+    assert all("primary key" in m["error"] for m in refused["members"].values())
+    done = await run_op(members, "c", {"action": "remove", "key_id": old})
+    assert all(m["keys"] == [new] and not m["error"] for m in done["members"].values())
+    with pytest.raises(WireError) as info:
+        receiver.decode_untrusted(Codec("c", key=OLD).encode("y", KeyAck(
+            request="r", node="y", error="", primary="", keys=())))
+    assert info.value.reason is DropReason.UNKNOWN_KEY
+
+    # Every member persisted it (mode 0600): a restarted daemon keeps its keys.
+    for name in members:
+        path = tmp_path / name / KEYRING_FILE
+        assert os.stat(path).st_mode & 0o777 == 0o600
+        again = Keyring.load(path)
+        assert again is not None and again.listing() == {"primary": new, "keys": [new]}
+
+
+async def test_members_that_do_not_answer_or_lack_the_key_are_named(tmp_path: Path) -> None:
+    members = services(tmp_path, ("a", "b", "c"))
+    # c is alive but not in the ring: it never gets the op.
+    done = await run_op(members, "a", {"action": "use", "key_id": key_id(NEW)}, ring=("a", "b"),
+                        alive=("a", "b", "c"))
+    assert done["missing"] == {"c": "not in the ring"}
+    assert all("not installed" in m["error"] for m in done["members"].values())
+    assert members["a"].keyring.primary == key_id(OLD)  # nothing changed
+
+
+async def test_bad_key_requests_are_refused_before_the_ring(tmp_path: Path) -> None:
+    a = services(tmp_path, ("a",))["a"]
+    for request, needle in [({"action": "rotate"}, "'action' must be one of"),
+                            ({"action": "install", "key": "text"}, "'key' must be bytes"),
+                            ({"action": "install", "key": b"short"}, "need at least 16"),
+                            ({"action": "use", "key_id": "XYZ"}, "8 lower-case hex digits")]:
+        with pytest.raises(KeyRequestError, match=needle):
+            a.prepare(request)
+
+
+def test_an_install_wrapped_under_an_unknown_key_is_refused(tmp_path: Path) -> None:
+    members = services(tmp_path, ("a", "b"))
+    members["a"].keyring.install(NEW)
+    members["a"].keyring.use(key_id(NEW))
+    op = members["a"].prepare({"action": "install", "key": bytes(range(50, 82))})
+    ack = members["b"].on_delivered(KeyMessageDelivered(origin="a", msg=op, members=("a", "b")))
+    assert ack is not None and "is not installed" in ack.error
+
+
+def test_generated_key_file(tmp_path: Path) -> None:
+    path = tmp_path / "k"
+    kid = generate_key_file(path)
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert key_id(load_key(path)) == kid and len(load_key(path)) == 32
+    with pytest.raises(FileExistsError):
+        generate_key_file(path)
+
+
+def test_keyring_rules_and_damaged_files(tmp_path: Path) -> None:
+    ring = Keyring([OLD])
+    with pytest.raises(KeyringError, match="primary key"):
+        ring.remove(key_id(OLD))
+    with pytest.raises(KeyringError, match="not installed"):
+        ring.use(key_id(NEW))
+    path = tmp_path / KEYRING_FILE
+    path.write_text("{not json")
+    path.chmod(0o600)
+    with pytest.raises(KeyFileError, match="unreadable"):
+        Keyring.load(path)
+    ring.save(path)
+    path.chmod(0o644)
+    with pytest.raises(KeyFileError, match="too open"):
+        Keyring.load(path)
