@@ -1,4 +1,4 @@
-"""Quorum payloads (tag 61), carried inside Totem application messages like group payloads.
+"""Quorum payloads (tag 63), carried inside Totem application messages like group payloads.
 
 A change of expected votes within a configuration must happen at the same place of the
 delivery order on every member, or members would disagree about being primary: so it is
@@ -13,7 +13,7 @@ from ringd.messages import Message, register
 from ringd.totem_messages import RingId
 
 
-@register(61)
+@register(63)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QuorumExpected(Message):
     """Set every member's expected votes to ``expected``.
