@@ -123,8 +123,18 @@ def fuzz_atheris(checker: Any, *, runs: int, seconds: float, seed: int, corpus: 
             str(corpus)]
     if seconds != float("inf"):
         args.insert(1, f"-max_total_time={max(1, int(seconds))}")
+    if target.tokens is not None:
+        dictionary = artifacts.parent / "tokens.dict"
+        dictionary.write_text("".join(f'"{_dict_escape(t)}"\n' for t in target.tokens()))
+        args.insert(1, f"-dict={dictionary}")
     atheris.Setup(args, one)
     atheris.Fuzz()
+
+
+def _dict_escape(token: bytes) -> str:
+    """A token in libFuzzer's dictionary syntax: printable ASCII, the rest as \\xNN."""
+    return "".join(chr(b) if 0x20 <= b < 0x7F and b not in (0x22, 0x5C) else f"\\x{b:02x}"
+                   for b in token)
 
 
 # --- Worker ----------------------------------------------------------------------------

@@ -58,11 +58,14 @@ from ringd.wire import (
     HEADER_BYTES,
     INT_MAX,
     INT_MIN,
+    KEY_BYTES_MIN,
     Codec,
     FrameReader,
+    KeyFileError,
     WireError,
     decode_payload,
     encode_payload,
+    load_key,
     pack_frame,
 )
 
@@ -103,6 +106,8 @@ class Target:
     structured: Callable[[], st.SearchStrategy[bytes]] | None = None
     # Before a coverage-guided run: instrument code the import hook cannot see.
     prepare_coverage: Callable[[Callable[[Any], Any]], None] | None = None
+    # Tokens the coverage-guided engine may splice into inputs (a libFuzzer -dict).
+    tokens: Callable[[], list[bytes]] | None = None
 
     def alloc_bound(self, size: int) -> int:
         return self.alloc_base_bytes + self.alloc_per_input_byte * size
@@ -261,6 +266,22 @@ def seal_mac(codec: Codec, unsigned: bytes) -> bytes:
     return data + mac.digest()
 
 
+def _cbor_text(text: str) -> bytes:
+    return pack_frame(text)[4:]
+
+
+def _message_tokens() -> list[bytes]:
+    """CBOR heads of every message array, and the names that occur in real traffic."""
+    out = [pack_frame([tag])[5:] for tag in MESSAGE_TYPES]  # the tag after the array head
+    out += [bytes([0x80 + n]) + pack_frame(tag)[4:] for tag in MESSAGE_TYPES for n in (2, 3, 5)]
+    out += [_cbor_text(t) for t in ("n1", "n2", "127.0.0.1", "group-a", "chat")]
+    return out
+
+
+def _datagram_tokens() -> list[bytes]:
+    return [_HEADER_OF[False], _HEADER_OF[True], *_message_tokens()]
+
+
 # --- Datagram targets --------------------------------------------------------------------
 
 
@@ -322,7 +343,8 @@ def datagram_target(name: str, make_codec: Callable[[], Codec],
     return Target(
         name=name, doc=doc or f"Codec.decode_untrusted ({'keyed' if seal else 'no key'})",
         run=run, errors=(WireError,), seeds=lambda: _datagram_seeds(seal),
-        input_bytes_max=65535, structured=structured, prepare_coverage=_instrument_schemas)
+        input_bytes_max=65535, structured=structured, prepare_coverage=_instrument_schemas,
+        tokens=_datagram_tokens)
 
 
 def _malformed() -> Any:
@@ -364,6 +386,24 @@ def _instrument_schemas(instrument: Callable[[Any], Any]) -> None:
         instrument(wire._schema(cls).decode)
 
 
+# --- The key file ---------------------------------------------------------------------
+
+
+def _key_file_run(data: bytes) -> bytes:
+    path = _config_dir() / "cluster.key"
+    path.write_bytes(data)
+    key = load_key(path)
+    if type(key) is not bytes or len(key) < KEY_BYTES_MIN:
+        raise PropertyFailed(f"load_key accepted a key of {len(key)} bytes")
+    Codec(CLUSTER, key=key)  # every key load_key accepts makes a working codec
+    return key
+
+
+def _key_file_seeds() -> list[bytes]:
+    return [KEY.hex().encode() + b"\n", KEY, b"  " + KEY.hex().upper().encode() + b"\r\n",
+            bytes(range(64)), b"00" * 15]
+
+
 # --- Message decoders (gossip / Totem / group payloads) ---------------------------------
 
 
@@ -399,7 +439,8 @@ def message_target(family: str) -> Target:
     return Target(name=f"{family}_messages",
                   doc=f"decode_payload of {family} messages (tags {tags[0]}-{tags[-1]})",
                   run=run, errors=(WireError,), seeds=seeds, input_bytes_max=8192,
-                  structured=structured, prepare_coverage=_instrument_schemas)
+                  structured=structured, prepare_coverage=_instrument_schemas,
+                  tokens=_message_tokens)
 
 
 # --- Client API: frames and requests ------------------------------------------------------
@@ -547,6 +588,12 @@ def _requests_structured() -> st.SearchStrategy[bytes]:
         lambda frames: b"".join(pack_frame(f) for f in frames))
 
 
+def _request_tokens() -> list[bytes]:
+    words = ["op", "id", "group", "data", "safe", "wait", "self_discard", "tags", "name",
+             "payload", *API_OPS, "status", "members", "leave", "event", "events"]
+    return [_cbor_text(w) for w in words]
+
+
 # --- Config loader: TOML file, RINGD_* environment, --set ------------------------------
 
 # Input layout: TOML file bytes, then RINGD_* lines, then --set items, separated by 0x1e.
@@ -618,6 +665,13 @@ def config_seeds() -> list[bytes]:
     sets = b"net.port=7951\ntotem.token_timeout_s=1.5\nname=n2\nlog_level=debug"
     out += [readme + SEPARATOR + env, SEPARATOR + env + SEPARATOR + sets,
             readme + SEPARATOR + SEPARATOR + sets]
+    return out
+
+
+def _config_tokens() -> list[bytes]:
+    out = [SEPARATOR, b"[net]", b"[gossip]", b"[totem]", b" = ", b'"', b"true", b"inf", b"nan"]
+    for key in knobs():
+        out += [key.encode(), key.rpartition(".")[2].encode(), env_var(key).encode() + b"="]
     return out
 
 
@@ -875,6 +929,10 @@ def _where(exc: BaseException) -> str:
 
 register(datagram_target("datagram", lambda: Codec(CLUSTER),
                          doc="Codec.decode_untrusted, no key (runtime/udp.py's receive path)"))
+register(Target(
+    name="key_file", doc="load_key: the key_file's contents (hex or raw bytes)",
+    run=_key_file_run, errors=(KeyFileError,), seeds=_key_file_seeds, input_bytes_max=8192,
+    alloc_per_input_byte=16))
 register(datagram_target("datagram_mac", lambda: Codec(CLUSTER, key=KEY), seal=seal_mac,
                          doc="Codec.decode_untrusted with key_file (keyed BLAKE2b MAC)"))
 register(message_target("gossip"))
@@ -883,13 +941,13 @@ register(message_target("group"))
 register(Target(
     name="frames", doc="FrameReader: the control socket's length-prefixed CBOR frames",
     run=_frames_run, errors=(WireError,), seeds=client_frames, input_bytes_max=65536,
-    structured=lambda: _requests_structured()))
+    structured=_requests_structured, tokens=_request_tokens))
 register(Target(
     name="requests", doc="control/client API request validation (parse_request, control ops)",
     run=_requests_run, errors=(WireError,), seeds=client_frames, input_bytes_max=65536,
-    structured=_requests_structured))
+    structured=_requests_structured, tokens=_request_tokens))
 register(Target(
     name="config", doc="load_config: TOML file + RINGD_* environment + --set",
     run=_config_run, errors=(ConfigError, typer.Exit), seeds=config_seeds,
-    input_bytes_max=8192, structured=_config_structured))
+    input_bytes_max=8192, structured=_config_structured, tokens=_config_tokens))
 
