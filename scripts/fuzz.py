@@ -153,6 +153,7 @@ def worker(args: argparse.Namespace) -> int:
             import fuzz_targets
     else:
         import fuzz_targets
+    fuzz_targets.scratch_dir = out / "scratch"
     target = fuzz_targets.TARGETS[args.target]
     checker = fuzz_targets.Checker(target, hang_s=args.hang_s, findings_dir=out / "findings")
     checker.stats.engine = args.engine

@@ -25,6 +25,7 @@ like the README's.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import enum
@@ -32,6 +33,7 @@ import functools
 import hashlib
 import io
 import os
+import shutil
 import signal
 import socket
 import tempfile
@@ -600,10 +602,21 @@ def _request_tokens() -> list[bytes]:
 SEPARATOR = b"\x1e"
 
 
+# Where the file-reading targets write each input; None: a temporary directory (in memory
+# where /dev/shm exists), removed at exit. Workers set it under their output directory,
+# because libFuzzer ends the process without running exit handlers.
+scratch_dir: Path | None = None
+
+
 @functools.cache
 def _config_dir() -> Path:
+    if scratch_dir is not None:
+        scratch_dir.mkdir(parents=True, exist_ok=True)
+        return scratch_dir
     base = "/dev/shm" if os.path.isdir("/dev/shm") else None
-    return Path(tempfile.mkdtemp(prefix="ringd-fuzz-", dir=base))
+    path = Path(tempfile.mkdtemp(prefix="ringd-fuzz-", dir=base))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 class _Discard(io.TextIOBase):
@@ -843,7 +856,13 @@ class Checker:
         # Traced only while the input runs: the peak is what decoding it allocated, and the
         # fuzzer's own allocations (Hypothesis generating inputs) cost nothing extra.
         tracing = self.trace_alloc
-        if tracing:
+        # Someone else traces already (python -X tracemalloc): measure from here, leave it on.
+        outer = tracing and tracemalloc.is_tracing()
+        base = 0
+        if outer:
+            tracemalloc.reset_peak()
+            base = tracemalloc.get_traced_memory()[0]
+        elif tracing:
             tracemalloc.start(1)
         signal.setitimer(signal.ITIMER_REAL, self.hang_s * HANG_INTERRUPT_FACTOR)
         start = time.perf_counter()
@@ -867,8 +886,8 @@ class Checker:
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
             elapsed = time.perf_counter() - start
-            peak = tracemalloc.get_traced_memory()[1] if tracing else 0
-            if tracing:
+            peak = tracemalloc.get_traced_memory()[1] - base if tracing else 0
+            if tracing and not outer:
                 tracemalloc.stop()
         return elapsed, peak, outcome, detail, signature
 
