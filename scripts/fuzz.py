@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -127,7 +128,22 @@ def fuzz_atheris(checker: Any, *, runs: int, seconds: float, seed: int, corpus: 
         dictionary = artifacts.parent / "tokens.dict"
         dictionary.write_text("".join(f'"{_dict_escape(t)}"\n' for t in target.tokens()))
         args.insert(1, f"-dict={dictionary}")
-    atheris.Setup(args, one)
+    offset = target.cbor_offset
+    if offset is None:
+        atheris.Setup(args, one)
+    else:
+        from fuzz_targets import mutate_structure
+
+        def mutator(data: bytes, max_size: int, seed: int) -> bytes:
+            # Half byte-level (libFuzzer's own), half one structural change in the CBOR.
+            if seed % 2:
+                rng = random.Random(seed)
+                mutated = mutate_structure(data, rng, offset)
+                if mutated is not None and len(mutated) <= max_size:
+                    return mutated
+            return atheris.Mutate(data, max_size)
+
+        atheris.Setup(args, one, custom_mutator=mutator)
     atheris.Fuzz()
 
 

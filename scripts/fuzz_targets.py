@@ -32,7 +32,9 @@ import enum
 import functools
 import hashlib
 import io
+import math
 import os
+import random
 import shutil
 import signal
 import socket
@@ -47,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cbor2
 import typer
 from hypothesis import strategies as st
 
@@ -110,6 +113,9 @@ class Target:
     prepare_coverage: Callable[[Callable[[Any], Any]], None] | None = None
     # Tokens the coverage-guided engine may splice into inputs (a libFuzzer -dict).
     tokens: Callable[[], list[bytes]] | None = None
+    # Where the input's CBOR starts (bytes before it are kept as they are), for the
+    # structure-aware mutator; FRAMED: a length-prefixed frame; None: bytes only.
+    cbor_offset: int | None = None
 
     def alloc_bound(self, size: int) -> int:
         return self.alloc_base_bytes + self.alloc_per_input_byte * size
@@ -346,7 +352,7 @@ def datagram_target(name: str, make_codec: Callable[[], Codec],
         name=name, doc=doc or f"Codec.decode_untrusted ({'keyed' if seal else 'no key'})",
         run=run, errors=(WireError,), seeds=lambda: _datagram_seeds(seal),
         input_bytes_max=65535, structured=structured, prepare_coverage=_instrument_schemas,
-        tokens=_datagram_tokens)
+        tokens=_datagram_tokens, cbor_offset=HEADER_BYTES + (seal is not None))
 
 
 def _malformed() -> Any:
@@ -442,7 +448,7 @@ def message_target(family: str) -> Target:
                   doc=f"decode_payload of {family} messages (tags {tags[0]}-{tags[-1]})",
                   run=run, errors=(WireError,), seeds=seeds, input_bytes_max=8192,
                   structured=structured, prepare_coverage=_instrument_schemas,
-                  tokens=_message_tokens)
+                  tokens=_message_tokens, cbor_offset=0)
 
 
 # --- Client API: frames and requests ------------------------------------------------------
@@ -702,6 +708,66 @@ def _config_structured() -> st.SearchStrategy[bytes]:
     toml = st.lists(st.tuples(st.sampled_from(keys), toml_value), max_size=6).map(
         lambda kv: "".join(f"{k} = {v}\n" for k, v in kv).encode())
     return st.tuples(toml, env, sets).map(lambda t: SEPARATOR.join(t))
+
+
+# --- Structure-aware mutation (for the coverage-guided engine) -------------------------
+
+FRAMED = -1
+_EDGE_VALUES: tuple[Any, ...] = (
+    0, -1, 1, 23, 24, 255, 256, 65535, 65536, 70000, INT_MAX, INT_MAX + 1, INT_MIN, INT_MIN - 1,
+    2**64, 0.0, -0.0, 1.5, math.inf, -math.inf, math.nan, True, False, None, "", "x", "\x00",
+    "127.0.0.1", "::1", "\ud7ff\ue000", b"", b"\x00" * 3, [], {}, [[]], {"": ""})
+
+
+def mutate_structure(data: bytes, rng: random.Random, offset: int) -> bytes | None:
+    """``data`` with one value inside its CBOR replaced, removed, duplicated or nested
+    (as cbor2 reads it leniently), re-encoded; None if it holds no CBOR there."""
+    if offset == FRAMED:
+        if len(data) < 4:
+            return None
+        size = int.from_bytes(data[:4], "big")
+        inner = mutate_structure(data[4:4 + size], rng, 0)
+        return None if inner is None else pack_frame_lenient(inner) + data[4 + size:]
+    try:
+        value = cbor2.loads(data[offset:])
+    except Exception:
+        return None
+    holders: list[tuple[Any, Any]] = []  # (container, key) of every value inside
+    stack = [value]
+    while stack and len(holders) < 2000:
+        v = stack.pop()
+        if type(v) is list:
+            holders += [(v, i) for i in range(len(v))]
+            stack.extend(v)
+        elif type(v) is dict:
+            holders += [(v, k) for k in v]
+            stack.extend(v.values())
+    if not holders:
+        return None
+    container, key = rng.choice(holders)
+    op = rng.randrange(6)
+    if op == 0:
+        container[key] = rng.choice(_EDGE_VALUES)
+    elif op == 1 and type(container) is list:
+        del container[key]
+    elif op == 2 and type(container) is list:
+        container.insert(key, container[key])
+    elif op == 3:
+        container[key] = [container[key]] if rng.random() < 0.5 else {"k": container[key]}
+    elif op == 4 and type(container[key]) is int and 32 <= container[key] < 128:
+        container[key] = rng.choice(list(MESSAGE_TYPES))  # another message's tag
+    else:
+        old = container[key]
+        container[key] = (old * rng.randrange(2, 17) if type(old) in (str, bytes, list)
+                          else rng.choice(_EDGE_VALUES))
+    try:
+        return data[:offset] + cbor2.dumps(value)
+    except Exception:
+        return None
+
+
+def pack_frame_lenient(payload: bytes) -> bytes:
+    return len(payload).to_bytes(4, "big") + payload
 
 
 # --- Inputs for the Hypothesis engine -------------------------------------------------
@@ -964,7 +1030,7 @@ register(Target(
 register(Target(
     name="requests", doc="control/client API request validation (parse_request, control ops)",
     run=_requests_run, errors=(WireError,), seeds=client_frames, input_bytes_max=65536,
-    structured=_requests_structured, tokens=_request_tokens))
+    structured=_requests_structured, tokens=_request_tokens, cbor_offset=FRAMED))
 register(Target(
     name="config", doc="load_config: TOML file + RINGD_* environment + --set",
     run=_config_run, errors=(ConfigError, typer.Exit), seeds=config_seeds,
