@@ -205,6 +205,8 @@ def _schema(cls: type) -> _Schema:
 # returns the decoded message or raises WireError (MALFORMED).
 @functools.lru_cache(maxsize=1024)  # the same few member addresses arrive again and again
 def _is_ip_literal(host: str) -> bool:
+    if "%" in host:  # an IPv6 zone may hold anything, a NUL too; ringd never sends one
+        return False
     try:
         ipaddress.ip_address(host)
     except ValueError:
@@ -214,8 +216,9 @@ def _is_ip_literal(host: str) -> bool:
 
 def _check_address(address: Address) -> Address:
     """A peer's address must be sendable: ``sendto`` raises OverflowError (not OSError)
-    for a port outside 0..65535 and TypeError for a NUL in the host, and resolves a host
-    name with a blocking DNS lookup. ringd only ever advertises IP addresses."""
+    for a port outside 0..65535 and TypeError for a NUL in the host (an IPv6 zone too),
+    and resolves a host name with a blocking DNS lookup. ringd only ever advertises IP
+    addresses."""
     if not 0 <= address.port <= 65535:
         raise _bad("Address.port: not in 0..65535")
     if not _is_ip_literal(address.host):

@@ -28,6 +28,7 @@ CASES = [
     ("datagram", _datagram(_alive("127.0.0.1", -1)), "Address.port"),
     ("datagram", _datagram(_alive("127.0.0.1\x00", 7946)), "Address.host"),
     ("datagram", _datagram(_alive("ringd.invalid", 7946)), "Address.host"),
+    ("datagram", _datagram(_alive("fe80::1%\x00", 7946)), "Address.host"),  # a NUL in a zone
     ("datagram", _datagram(_alive("", 7946)), "Address.host"),
     ("datagram", _datagram(Announce(address=Address(host="192&0.2.1", port=1),
                                     incarnation=1)), "Address.host"),
