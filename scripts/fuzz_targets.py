@@ -65,6 +65,7 @@ from ringd.wire import (
     INT_MIN,
     KEY_BYTES_MIN,
     Codec,
+    DropReason,
     FrameReader,
     KeyFileError,
     WireError,
@@ -318,7 +319,7 @@ def datagram_target(name: str, make_codec: Callable[[], Codec],
     def run(data: bytes) -> Any:
         if seal is not None:
             if not data:
-                raise WireError(_malformed(), "empty")
+                raise WireError(DropReason.MALFORMED, "empty")
             data = seal(codec, data[1:]) if data[0] % 2 == 0 else data[1:]
         sender, msg = codec.decode_untrusted(data)
         _check_message_round_trip(msg)
@@ -353,12 +354,6 @@ def datagram_target(name: str, make_codec: Callable[[], Codec],
         run=run, errors=(WireError,), seeds=lambda: _datagram_seeds(seal),
         input_bytes_max=65535, structured=structured, prepare_coverage=_instrument_schemas,
         tokens=_datagram_tokens, cbor_offset=HEADER_BYTES + (seal is not None))
-
-
-def _malformed() -> Any:
-    from ringd.wire import DropReason
-
-    return DropReason.MALFORMED
 
 
 def _check_message_round_trip(msg: Message) -> None:

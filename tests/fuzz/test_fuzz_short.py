@@ -14,7 +14,7 @@ import pytest
 import fuzz
 import fuzz_targets
 from fuzz_targets import TARGETS, Checker, Target
-from ringd.wire import WireError
+from ringd.wire import DropReason, WireError
 
 RUNS = 300
 SEED = 20261207
@@ -55,7 +55,7 @@ def test_detectors_catch_each_kind_of_finding(tmp_path: Path) -> None:
         if data == b"crash":
             {}["missing"]  # noqa: B018 - an undocumented exception escaping
         if data == b"two lines":
-            raise WireError(fuzz_targets._malformed(), "first\nsecond")
+            raise WireError(DropReason.MALFORMED, "first\nsecond")
         if data == b"round trip":
             raise fuzz_targets.PropertyFailed("decode(encode(x)) != x")
         if data == b"hang":
@@ -64,7 +64,7 @@ def test_detectors_catch_each_kind_of_finding(tmp_path: Path) -> None:
         if data == b"alloc":
             _big = [0] * 1_000_000  # 8 MB for 5 input bytes
         if data == b"refuse":
-            raise WireError(fuzz_targets._malformed(), "refused")
+            raise WireError(DropReason.MALFORMED, "refused")
 
     checker = Checker(_target(run), hang_s=0.05, findings_dir=tmp_path)
     outcomes = {d: checker.check(d) for d in (b"ok", b"refuse", b"crash", b"two lines",
