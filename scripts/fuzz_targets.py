@@ -78,8 +78,13 @@ from ringd.wire import (
 CLUSTER = "fuzz"
 KEY = bytes(range(32))  # a fixed test key: the fuzzer plays an insider that has it too
 HANG_S_DEFAULT = 1.0
-# An input this much slower than the hang threshold is interrupted (SIGALRM) and counted.
-HANG_INTERRUPT_FACTOR = 5.0
+# An input is slow when it takes more than the hang threshold of CPU time, or this many
+# times it in wall-clock time (a blocking call); a niced fuzzer on a busy machine may wait
+# for the CPU much longer than it computes.
+HANG_WALL_FACTOR = 10.0
+# An input still running after this many times the threshold (wall clock) is interrupted
+# by SIGALRM and counted as a hang.
+HANG_INTERRUPT_FACTOR = 20.0
 
 
 class PropertyFailed(AssertionError):
@@ -887,12 +892,13 @@ class Checker:
         data = data[:self.target.input_bytes_max]
         stats = self.stats
         stats.inputs += 1
-        elapsed, peak, outcome, detail, signature = self._run(data)
-        if elapsed > self.hang_s and outcome not in ("hang", "crash"):
+        elapsed, wall, peak, outcome, detail, signature = self._run(data)
+        if self._slow(elapsed, wall) and outcome not in ("hang", "crash"):
             # Once more before calling it a hang: the machine may have been busy.
-            elapsed, peak, outcome, detail, signature = self._run(data)
-            if elapsed > self.hang_s and outcome != "crash":
-                outcome, detail = "hang", f"{elapsed:.3f} s (limit {self.hang_s} s)"
+            elapsed, wall, peak, outcome, detail, signature = self._run(data)
+            if self._slow(elapsed, wall) and outcome != "crash":
+                outcome = "hang"
+                detail = f"{elapsed:.3f} s CPU, {wall:.3f} s wall (limit {self.hang_s} s)"
         if outcome != "hang":
             stats.slowest_input_s = max(stats.slowest_input_s, elapsed)
         if peak > stats.peak_alloc_bytes_max:
@@ -912,7 +918,10 @@ class Checker:
         stats.seconds = time.monotonic() - self._started
         return outcome
 
-    def _run(self, data: bytes) -> tuple[float, int, str, str, str]:
+    def _slow(self, cpu_s: float, wall_s: float) -> bool:
+        return cpu_s > self.hang_s or wall_s > self.hang_s * HANG_WALL_FACTOR
+
+    def _run(self, data: bytes) -> tuple[float, float, int, str, str, str]:
         target = self.target
         # Traced only while the input runs: the peak is what decoding it allocated, and the
         # fuzzer's own allocations (Hypothesis generating inputs) cost nothing extra.
@@ -926,7 +935,7 @@ class Checker:
         elif tracing:
             tracemalloc.start(1)
         signal.setitimer(signal.ITIMER_REAL, self.hang_s * HANG_INTERRUPT_FACTOR)
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.thread_time()
         signature = ""
         try:
             target.run(data)
@@ -946,11 +955,12 @@ class Checker:
             outcome, detail = "crash", f"{type(exc).__name__}: {_short(str(exc))} at {_where(exc)}"
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
-            elapsed = time.perf_counter() - start
+            wall = time.perf_counter() - start
+            elapsed = time.thread_time() - start_cpu
             peak = tracemalloc.get_traced_memory()[1] - base if tracing else 0
             if tracing and not outer:
                 tracemalloc.stop()
-        return elapsed, peak, outcome, detail, signature
+        return elapsed, wall, peak, outcome, detail, signature
 
     def _found(self, kind: str, detail: str, signature: str, data: bytes) -> None:
         stats = self.stats
