@@ -114,7 +114,7 @@ def fuzz_atheris(checker: Any, *, runs: int, seconds: float, seed: int, corpus: 
         checker.check(data)
         if stats.inputs >= runs:
             flush()
-        elif stats.inputs % 1024 == 0 and time.monotonic() - last_flush[0] > STATS_FLUSH_S:
+        elif time.monotonic() - last_flush[0] > STATS_FLUSH_S:
             last_flush[0] = time.monotonic()
             flush()
 

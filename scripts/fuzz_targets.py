@@ -394,6 +394,61 @@ def _instrument_schemas(instrument: Callable[[Any], Any]) -> None:
         instrument(wire._schema(cls).decode)
 
 
+# --- A node core fed decoded datagrams (what the runtime does after decoding) ----------
+
+# Input: datagrams separated by this marker; each starts with one byte of elapsed time
+# (in milliseconds) before it arrives.
+DATAGRAM_MARK = b"\n\x1eRG\x1e\n"
+_SIM_CLUSTER = "ringd-sim"  # the captured traffic's cluster; our node is its n1
+
+
+def _node_core_run(data: bytes) -> Any:
+    """A fresh node core (named n1, as in the captured run) gets each datagram that
+    decodes, with ticks when its deadlines pass; nothing it does may raise."""
+    from random import Random
+
+    from ringd.core.events import Received, Start, Tick
+    from ringd.core.node import NodeCore
+    from ringd.sim.node_cluster import sim_config
+    from ringd.sim.options import SimOptions
+
+    codec = _sim_codec()
+    core = NodeCore(sim_config("n1", SimOptions(), 3), address=Address(host="192.0.2.1", port=1),
+                    seeds=[], incarnation=1, ring_seq=0, rng=Random(1), size_of=codec.size_of,
+                    encode_payload=encode_payload, decode_payload=decode_payload, now=0.0)
+    now = 0.0
+    effects = core.handle(Start(), now)
+    handled = 0
+    for part in data.split(DATAGRAM_MARK)[:32]:
+        if not part:
+            continue
+        now += part[0] * 0.001
+        while core.next_deadline() <= now:
+            effects += core.handle(Tick(), core.next_deadline())
+        try:
+            sender, msg = codec.decode_untrusted(part[1:])
+        except WireError:
+            continue
+        source = Address(host="192.0.2.1", port=sum(sender.encode()) % 3)
+        effects += core.handle(Received(msg=msg, sender=sender, source=source), now)
+        handled += 1
+        if len(effects) > 100_000:
+            raise PropertyFailed(f"{len(effects)} effects from {handled} datagrams")
+    return handled
+
+
+@functools.cache
+def _sim_codec() -> Codec:
+    return Codec(_SIM_CLUSTER)
+
+
+def _node_core_seeds() -> list[bytes]:
+    datagrams, _payloads = captured_traffic()
+    stream = DATAGRAM_MARK.join(b"\x01" + d for d in datagrams)
+    singles = [b"\x00" + d for d in datagrams]
+    return [stream, DATAGRAM_MARK.join(singles[:10]), *singles]
+
+
 # --- The key file ---------------------------------------------------------------------
 
 
@@ -1023,6 +1078,11 @@ register(Target(
     name="key_file", doc="load_key: the key_file's contents (hex or raw bytes)",
     run=_key_file_run, errors=(KeyFileError,), seeds=_key_file_seeds, input_bytes_max=8192,
     alloc_per_input_byte=16))
+register(Target(
+    name="node_core", doc="NodeCore.handle of every decoded datagram (gossip, Totem, groups)",
+    run=_node_core_run, errors=(), seeds=_node_core_seeds, input_bytes_max=65536,
+    alloc_base_bytes=8 << 20, alloc_per_input_byte=400,
+    tokens=lambda: [DATAGRAM_MARK, *_message_tokens()]))
 register(datagram_target("datagram_mac", lambda: Codec(CLUSTER, key=KEY), seal=seal_mac,
                          doc="Codec.decode_untrusted with key_file (keyed BLAKE2b MAC)"))
 register(message_target("gossip"))

@@ -32,8 +32,10 @@ def test_short_run_finds_nothing_and_reaches_both_outcomes(name: str) -> None:
     assert (stats.crashes, stats.hangs, stats.allocs) == (0, 0, 0)
     assert stats.inputs == RUNS
     # Both sides of the boundary are exercised: inputs it accepts (seeds, structured
-    # values) and inputs it refuses with its documented error.
-    assert stats.accepted > 0 and stats.refused > 0, (stats.accepted, stats.refused)
+    # values) and inputs it refuses with its documented error (if it has one: the node
+    # core takes every decoded datagram).
+    assert stats.accepted > 0, stats.accepted
+    assert stats.refused > 0 or not TARGETS[name].errors, stats.refused
     assert stats.peak_alloc_bytes_max > 0  # allocation tracing was on
 
 
