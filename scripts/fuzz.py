@@ -167,6 +167,8 @@ def worker(args: argparse.Namespace) -> int:
         # Coverage comes from the code under test (and the TOML parser the config uses).
         with atheris.instrument_imports(include=["ringd", "tomllib"]):
             import fuzz_targets
+            import ringd.core.node  # noqa: F401  (imported lazily by node_core and the seeds)
+            import ringd.sim.runner  # noqa: F401
     else:
         import fuzz_targets
     fuzz_targets.scratch_dir = out / "scratch"

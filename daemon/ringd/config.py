@@ -518,5 +518,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"config error: tags: {tag_bytes} bytes exceeds gossip.tags_bytes_max ({g.tags_bytes_max})"
         )
-    if cfg.key_file and not Path(cfg.key_file).is_file():
-        raise ConfigError(f"config error: key_file: {cfg.key_file} is not a readable file")
+    if cfg.key_file:
+        shown = cfg.key_file if cfg.key_file.isprintable() else repr(cfg.key_file)  # one line
+        try:
+            readable = Path(cfg.key_file).is_file()
+        except OSError as exc:  # is_file() lets e.g. ENAMETOOLONG through
+            raise ConfigError(f"config error: key_file: {shown}: {exc.strerror}") from None
+        if not readable:
+            raise ConfigError(f"config error: key_file: {shown} is not a readable file")

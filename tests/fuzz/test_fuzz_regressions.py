@@ -49,6 +49,10 @@ CASES = [
     # A NUL in a path was accepted, and the daemon died creating its socket directory.
     ("config", b'state_dir = "/tmp/a\\u0000b"\n', "state_dir: must not contain a NUL"),
     ("config", SEPARATOR + SEPARATOR + b"socket=/tmp/x\x01", None),  # fine: no NUL
+    # A key_file name too long for the file system made Path.is_file() raise OSError, and
+    # one with a carriage return made a two-line error (found by atheris).
+    ("config", SEPARATOR + b"RINGD_KEY_FILE=" + b"k" * 300, "File name too long"),
+    ("config", SEPARATOR + b"RINGD_KEY_FILE=ken_tie\xed\rout", "is not a readable file"),
     # An unknown key with a newline (a quoted TOML key) made a two-line error.
     ("config", b'"a\\nb" = 1\n', "unknown key"),
 ]
