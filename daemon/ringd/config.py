@@ -432,6 +432,9 @@ def read_toml(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError as exc:  # tomllib decodes the whole file first
         raise ConfigError(f"config error: {path}: invalid TOML: not UTF-8 text "
                           f"(byte {exc.start})") from None
+    except RecursionError:  # tomllib parses nested arrays and inline tables recursively
+        raise ConfigError(f"config error: {path}: invalid TOML: arrays or tables nested "
+                          "too deeply") from None
     return _flatten_toml(data)
 
 

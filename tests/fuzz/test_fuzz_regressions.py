@@ -53,6 +53,13 @@ CASES = [
     # one with a carriage return made a two-line error (found by atheris).
     ("config", SEPARATOR + b"RINGD_KEY_FILE=" + b"k" * 300, "File name too long"),
     ("config", SEPARATOR + b"RINGD_KEY_FILE=ken_tie\xed\rout", "is not a readable file"),
+    # Arrays or inline tables nested a few hundred deep made tomllib raise RecursionError
+    # (the long atheris run was closing in on it: its deepest inputs were flagged for their
+    # allocations first).
+    ("config", b"a = " + b"[" * 1000, "nested too deeply"),
+    ("config", b"a = " + b"{a=" * 1000, "nested too deeply"),
+    ("config", b't = 0\nt =  ' + b"[" * 92 + b'\x0f["\\u0]  ' + b"[" * 70 + b"si]\n&",
+     "invalid TOML"),
     # An unknown key with a newline (a quoted TOML key) made a two-line error.
     ("config", b'"a\\nb" = 1\n', "unknown key"),
 ]
