@@ -60,6 +60,10 @@ CASES = [
     ("config", b"a = " + b"{a=" * 1000, "nested too deeply"),
     ("config", b't = 0\nt =  ' + b"[" * 92 + b'\x0f["\\u0]  ' + b"[" * 70 + b"si]\n&",
      "invalid TOML"),
+    # 440 levels deep, just below the recursion limit: flagged for its 1.5 MiB peak under
+    # atheris' instrumentation (300 KiB without it).
+    ("config", b't = 0\nt =  [[[[[[[[[[[[[[[[[[[[[  [[[[[[[ [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[  [[[[[[[[[[[[[[[[[[[[[[[[[  [[[ [[[[[[[ [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[  [[[[[[[[[[[[[[[[[[[[[[[[[  [[[ [[[[[[[ [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["\\u0]si]\n&',
+     "invalid TOML"),
     # An unknown key with a newline (a quoted TOML key) made a two-line error.
     ("config", b'"a\\nb" = 1\n', "unknown key"),
 ]
