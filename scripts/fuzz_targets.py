@@ -56,22 +56,19 @@ from hypothesis import strategies as st
 from ringd.cli import _split_pair
 from ringd.config import Config, ConfigError, env_var, knobs, load_config
 from ringd.core.requests import API_OPS, API_SEND_BYTES_MAX, OP_OF, BadRequest, parse_request
+from ringd.keyring import KEY_BYTES_MIN, KeyFileError, load_key
 from ringd.messages import MESSAGE_TYPES, Address, Message
 from ringd.runtime.control import CONTROL_FRAME_BYTES_MAX, ControlServer
 from ringd.wire import (
-    FLAG_MAC,
     HEADER_BYTES,
     INT_MAX,
     INT_MIN,
-    KEY_BYTES_MIN,
     Codec,
     DropReason,
     FrameReader,
-    KeyFileError,
     WireError,
     decode_payload,
     encode_payload,
-    load_key,
     pack_frame,
 )
 
@@ -263,21 +260,31 @@ def captured_traffic() -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
 
 
 _PLAIN_CODEC = Codec(CLUSTER)
-_MAC_CODEC = Codec(CLUSTER, key=KEY)
-_HEADER_OF = {False: _PLAIN_CODEC.encode("x", sample_message(MESSAGE_TYPES[11]))[:HEADER_BYTES],
-              True: _MAC_CODEC.encode("x", sample_message(MESSAGE_TYPES[11]))[:HEADER_BYTES]}
+_HEADER_OF = {False: _PLAIN_CODEC.encode("x", sample_message(MESSAGE_TYPES[11]))[:HEADER_BYTES]}
 
 
-def seal_mac(codec: Codec, unsigned: bytes) -> bytes:
-    """``unsigned`` with the MAC flag set and a valid MAC appended: what a key holder can send.
+def keyed_input(unsigned: bytes) -> bytes:
+    """A plain datagram as the input of a keyed target: sender length, sender, message."""
+    sender, msg = _PLAIN_CODEC.decode_untrusted(unsigned)
+    name = sender.encode()
+    return bytes([len(name)]) + name + encode_payload(msg)
 
-    Uses the codec's own keyed hash, so the fuzzer reaches the parser behind the MAC check.
-    """
-    data = unsigned[:3] + bytes([unsigned[3] | FLAG_MAC]) + unsigned[4:] if len(unsigned) > 3 \
-        else unsigned
-    mac = codec._mac.copy()  # the codec's keyed BLAKE2b (private: fuzzing only)
-    mac.update(data)
-    return data + mac.digest()
+
+def seal_with(sender_codec: Codec) -> Callable[[Codec, bytes], bytes]:
+    """What a key holder sends: ``sender_codec`` (same keys as the receiver) seals the
+    input's message bytes as they are, so the parser behind the key check is fuzzed."""
+
+    def seal(_codec: Codec, data: bytes) -> bytes:
+        if not data:
+            return data
+        size = data[0]
+        try:
+            sender = data[1:1 + size].decode()
+            return sender_codec._encode_keyed(sender, data[1 + size:])  # fuzzing only
+        except (UnicodeDecodeError, ValueError):
+            return data
+
+    return seal
 
 
 def _cbor_text(text: str) -> bytes:
@@ -293,7 +300,7 @@ def _message_tokens() -> list[bytes]:
 
 
 def _datagram_tokens() -> list[bytes]:
-    return [_HEADER_OF[False], _HEADER_OF[True], *_message_tokens()]
+    return [_HEADER_OF[False], *_message_tokens()]
 
 
 # --- Datagram targets --------------------------------------------------------------------
@@ -306,7 +313,7 @@ def _datagram_seeds(seal: Callable[[Codec, bytes], bytes] | None) -> list[bytes]
     seeds = [_HEADER_OF[False] + data[HEADER_BYTES:] for data in datagrams]
     seeds += [_PLAIN_CODEC.encode("n1", sample_message(MESSAGE_TYPES[tag], i))
               for tag in tags_of(None) for i in range(3)]
-    return seeds if seal is None else [b"\x00" + data for data in seeds]
+    return seeds if seal is None else [b"\x00" + keyed_input(data) for data in seeds]
 
 
 def datagram_target(name: str, make_codec: Callable[[], Codec],
@@ -329,7 +336,8 @@ def datagram_target(name: str, make_codec: Callable[[], Codec],
         sender, msg = codec.decode_untrusted(data)
         _check_message_round_trip(msg)
         try:
-            again = codec.encode(sender, msg)
+            # A keyed codec refuses what it sent itself (a replay): re-encode with a peer's.
+            again = (codec if seal is None else make_codec()).encode(sender, msg)
         except ValueError as exc:
             # Only a size refusal is allowed: non-minimal CBOR (half floats, long int
             # heads) can re-encode larger than the datagram we accepted.
@@ -350,7 +358,7 @@ def datagram_target(name: str, make_codec: Callable[[], Codec],
                 unsigned = _PLAIN_CODEC.encode(*pair)
             except ValueError:
                 return b""
-            return unsigned if seal is None else b"\x00" + unsigned
+            return unsigned if seal is None else b"\x00" + keyed_input(unsigned)
 
         return st.tuples(senders, msgs).map(encode)
 
@@ -358,7 +366,7 @@ def datagram_target(name: str, make_codec: Callable[[], Codec],
         name=name, doc=doc or f"Codec.decode_untrusted ({'keyed' if seal else 'no key'})",
         run=run, errors=(WireError,), seeds=lambda: _datagram_seeds(seal),
         input_bytes_max=65535, structured=structured, prepare_coverage=_instrument_schemas,
-        tokens=_datagram_tokens, cbor_offset=HEADER_BYTES + (seal is not None))
+        tokens=_datagram_tokens, cbor_offset=HEADER_BYTES if seal is None else None)
 
 
 def _check_message_round_trip(msg: Message) -> None:
@@ -455,6 +463,7 @@ def _node_core_seeds() -> list[bytes]:
 def _key_file_run(data: bytes) -> bytes:
     path = _config_dir() / "cluster.key"
     path.write_bytes(data)
+    path.chmod(0o600)  # load_key refuses a key file group or others may read
     key = load_key(path)
     if type(key) is not bytes or len(key) < KEY_BYTES_MIN:
         raise PropertyFailed(f"load_key accepted a key of {len(key)} bytes")
@@ -1083,8 +1092,12 @@ register(Target(
     run=_node_core_run, errors=(), seeds=_node_core_seeds, input_bytes_max=65536,
     alloc_base_bytes=8 << 20, alloc_per_input_byte=400,
     tokens=lambda: [DATAGRAM_MARK, *_message_tokens()]))
-register(datagram_target("datagram_mac", lambda: Codec(CLUSTER, key=KEY), seal=seal_mac,
-                         doc="Codec.decode_untrusted with key_file (keyed BLAKE2b MAC)"))
+register(datagram_target("datagram_mac", lambda: Codec(CLUSTER, key=KEY, auth_only=True),
+                         seal=seal_with(Codec(CLUSTER, key=KEY, auth_only=True)),
+                         doc="Codec.decode_untrusted, key_mode=auth_only (keyed BLAKE2b MAC)"))
+register(datagram_target("datagram_aead", lambda: Codec(CLUSTER, key=KEY),
+                         seal=seal_with(Codec(CLUSTER, key=KEY)),
+                         doc="Codec.decode_untrusted with key_file (AES-256-GCM)"))
 register(message_target("gossip"))
 register(message_target("totem"))
 register(message_target("group"))

@@ -706,7 +706,7 @@ class Codec:
             raise WireError(DropReason.UNKNOWN_KEY, f"key id {kid}")
         replay = self._replay
         if not replay.fresh(sender, epoch, counter):
-            raise WireError(DropReason.REPLAYED, f"{sender} epoch {epoch} counter {counter}")
+            raise WireError(DropReason.REPLAYED, f"{sender!r} epoch {epoch} counter {counter}")
         if flags == FLAG_AEAD:
             cipher = self._aead_key(kid, sender, epoch)
             assert cipher is not None

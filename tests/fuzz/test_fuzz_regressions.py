@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from fuzz_targets import SEPARATOR, TARGETS, Checker
-from ringd.messages import Address, Alive, Announce, Gossip, MemberRecord, PushPull
-from ringd.wire import Codec
+from ringd.messages import Address, Alive, Announce, Gossip, MemberRecord, Nack, PushPull
+from ringd.wire import Codec, DropReason, WireError
 
 
 def _datagram(msg: object) -> bytes:
@@ -82,3 +82,17 @@ def test_regression_input_is_handled(name: str, data: bytes, needle: str | None)
     with pytest.raises(TARGETS[name].errors) as info:
         TARGETS[name].run(data)
     assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("auth_only", [True, False], ids=["auth_only", "aead"])
+def test_replay_error_of_a_sender_with_a_carriage_return_is_one_line(auth_only: bool) -> None:
+    """Found by atheris in the keyed codec: the replay error named its sender raw."""
+    key = bytes(range(32))
+    sender = Codec("fuzz", key=key, auth_only=auth_only)
+    receiver = Codec("fuzz", key=key, auth_only=auth_only)
+    data = sender.encode("n\r", Nack(seq=1))
+    assert receiver.decode_untrusted(data) == ("n\r", Nack(seq=1))
+    with pytest.raises(WireError) as info:
+        receiver.decode_untrusted(data)
+    assert info.value.reason is DropReason.REPLAYED and "\n" not in str(info.value) \
+        and "\r" not in str(info.value)
