@@ -72,11 +72,17 @@ def _name(v: Any) -> str | None:
 def _hostport(v: Any) -> str | None:
     for item in v:
         host, sep, port = item.rpartition(":")
-        if not sep or not port.isdigit() or not 0 < int(port) <= 65535:
+        # isascii: str.isdigit() also accepts digits int() refuses (e.g. "²")
+        if not sep or not port.isascii() or not port.isdigit() or len(port) > 5 \
+                or not 0 < int(port) <= 65535:
             return f"entry {item!r} must be host:port"
         if _ip(host.strip("[]")):
             return f"entry {item!r} must have an IP address as host"
     return None
+
+
+def _path(v: Any) -> str | None:
+    return "must not contain a NUL character" if "\0" in v else None
 
 
 def _log_level(v: Any) -> str | None:
@@ -246,10 +252,10 @@ class Config:
                      lambda v: None if v == "" else _name(v))
     cluster_name: str = knob("ringd", "cluster name; datagrams of other clusters are dropped", _name)
     preset: str = knob("local", "timing preset: local or lan", _preset)
-    state_dir: str = knob("", "directory for persistent state (empty = runtime dir / name)")
-    socket: str = knob("", "control socket path (empty = default socket)")
+    state_dir: str = knob("", "directory for persistent state (empty = runtime dir / name)", _path)
+    socket: str = knob("", "control socket path (empty = default socket)", _path)
     key_file: str = knob("", "file with the shared cluster key (mode 0600); enables AES-256-GCM "
-                         "encryption of every datagram (see key_mode)")
+                         "encryption of every datagram (see key_mode)", _path)
     key_mode: str = knob("encrypt", "with a key: encrypt (AES-256-GCM, the default) or auth_only "
                          "(authenticated, readable on the wire)", _key_mode)
     control_allow_users: tuple[str, ...] = knob((), "users (names or uids) besides the daemon's own "
@@ -423,6 +429,12 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config error: cannot read {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config error: {path}: invalid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:  # tomllib decodes the whole file first
+        raise ConfigError(f"config error: {path}: invalid TOML: not UTF-8 text "
+                          f"(byte {exc.start})") from None
+    except RecursionError:  # tomllib parses nested arrays and inline tables recursively
+        raise ConfigError(f"config error: {path}: invalid TOML: arrays or tables nested "
+                          "too deeply") from None
     return _flatten_toml(data)
 
 
@@ -444,7 +456,8 @@ def load_config(
     for layer in layers:
         for key, value in layer.items():
             if key not in table:
-                raise ConfigError(f"config error: {key}: unknown key")
+                shown = key if key.isprintable() else repr(key)  # the error stays one line
+                raise ConfigError(f"config error: {shown}: unknown key")
             merged[key] = _coerce(key, table[key], value)
 
     preset = merged.get("preset", "local")
@@ -500,10 +513,19 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config error: quorum.two_node: needs quorum.votes = 1 (got {q.votes})")
     if any(not k for k, _ in cfg.tags):
         raise ConfigError("config error: tags: empty tag name")
-    tag_bytes = sum(len(k.encode()) + len(v.encode()) + 2 for k, v in cfg.tags)
+    try:
+        tag_bytes = sum(len(k.encode()) + len(v.encode()) + 2 for k, v in cfg.tags)
+    except UnicodeEncodeError:  # undecodable bytes from the environment or argv
+        raise ConfigError("config error: tags: not valid UTF-8 text") from None
     if tag_bytes > g.tags_bytes_max:
         raise ConfigError(
             f"config error: tags: {tag_bytes} bytes exceeds gossip.tags_bytes_max ({g.tags_bytes_max})"
         )
-    if cfg.key_file and not Path(cfg.key_file).is_file():
-        raise ConfigError(f"config error: key_file: {cfg.key_file} is not a readable file")
+    if cfg.key_file:
+        shown = cfg.key_file if cfg.key_file.isprintable() else repr(cfg.key_file)  # one line
+        try:
+            readable = Path(cfg.key_file).is_file()
+        except OSError as exc:  # is_file() lets e.g. ENAMETOOLONG through
+            raise ConfigError(f"config error: key_file: {shown}: {exc.strerror}") from None
+        if not readable:
+            raise ConfigError(f"config error: key_file: {shown} is not a readable file")

@@ -65,9 +65,11 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import hashlib
 import hmac
 import io
+import ipaddress
 import math
 import os
 import struct
@@ -85,7 +87,7 @@ import ringd.group_messages  # noqa: F401  (registers the process-group payloads
 import ringd.key_messages  # noqa: F401  (registers the keyring payloads)
 import ringd.totem_messages  # noqa: F401  (registers the Totem messages with the codec)
 from ringd.keyring import KEY_BYTES_MIN, Keyring, root_key
-from ringd.messages import MESSAGE_TYPES, Message
+from ringd.messages import MESSAGE_TYPES, Address, Message
 
 MAGIC: Final = b"RG"
 VERSION: Final = 1
@@ -199,6 +201,33 @@ def _schema(cls: type) -> _Schema:
     return schema
 
 
+# Rules beyond the field types, for classes whose values the runtime hands to the OS: each
+# returns the decoded message or raises WireError (MALFORMED).
+@functools.lru_cache(maxsize=1024)  # the same few member addresses arrive again and again
+def _is_ip_literal(host: str) -> bool:
+    if "%" in host:  # an IPv6 zone may hold anything, a NUL too; ringd never sends one
+        return False
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_address(address: Address) -> Address:
+    """A peer's address must be sendable: ``sendto`` raises OverflowError (not OSError)
+    for a port outside 0..65535 and TypeError for a NUL in the host (an IPv6 zone too),
+    and resolves a host name with a blocking DNS lookup. ringd only ever advertises IP
+    addresses."""
+    if not 0 <= address.port <= 65535:
+        raise _bad("Address.port: not in 0..65535")
+    if not _is_ip_literal(address.host):
+        raise _bad("Address.host: not an IP address")
+    return address
+
+
+_CHECKS: Final[dict[type, Callable[[Any], Any]]] = {Address: _check_address}
+
 # Field types checked inline by the generated decoder: the condition that makes a value
 # ``{x}`` bad.
 _INLINE_CHECKS: Final[dict[Any, str]] = {
@@ -248,7 +277,11 @@ def _build_schema(cls: type) -> _Schema:
         else:
             env[f"e{i}"] = enc
             enc_items.append(f"e{i}(m.{name})")
-    dec_lines.append(f"    return cls({', '.join(kwargs)})")
+    if cls in _CHECKS:
+        env["check"] = _CHECKS[cls]
+        dec_lines.append(f"    return check(cls({', '.join(kwargs)}))")
+    else:
+        dec_lines.append(f"    return cls({', '.join(kwargs)})")
     enc_lines = ["def encode(m):", f"    return [{', '.join(enc_items)}]"]
     exec("\n".join(dec_lines + enc_lines), env)  # noqa: S102 - source built from field names
     return _Schema(cls, tag, env["encode"], env["decode"])
@@ -673,7 +706,7 @@ class Codec:
             raise WireError(DropReason.UNKNOWN_KEY, f"key id {kid}")
         replay = self._replay
         if not replay.fresh(sender, epoch, counter):
-            raise WireError(DropReason.REPLAYED, f"{sender} epoch {epoch} counter {counter}")
+            raise WireError(DropReason.REPLAYED, f"{sender!r} epoch {epoch} counter {counter}")
         if flags == FLAG_AEAD:
             cipher = self._aead_key(kid, sender, epoch)
             assert cipher is not None

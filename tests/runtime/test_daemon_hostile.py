@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from helpers import DaemonProcess, ProcessRegistry, all_see, wait_until
-from ringd.messages import Dead, Suspect
+from ringd.messages import Address, Alive, Dead, Gossip, Suspect
 from ringd.wire import Codec, FrameReader, pack_frame
 
 pytestmark = pytest.mark.integration
@@ -163,3 +163,26 @@ def test_malformed_control_frames_get_an_error_and_are_counted(daemons: ProcessR
     errors = status["control"]["errors"]
     assert errors["unknown_op"] >= 1 and errors["bad_request"] >= 1 and errors["malformed"] >= 2
     assert node.running() and node.members()["node1"]["state"] == "alive"
+
+
+@pytest.mark.parametrize("address", [
+    Address(host="127.0.0.1", port=70000),  # sendto(): OverflowError, not OSError
+    Address(host="127.0.0.1\x00", port=7946),  # sendto(): TypeError (NUL in the host)
+    Address(host="ringd.invalid", port=7946),  # a name: a blocking DNS lookup per send
+], ids=["port-out-of-range", "nul-in-host", "host-name"])
+def test_forged_member_address_is_refused_at_decoding(daemons: ProcessRegistry,
+                                                      address: Address) -> None:
+    """A peer's claim that a member lives at an address no socket can send to is dropped
+    as malformed by the decoder (found while writing the fuzz targets: the codec took any
+    int port and any host, and the first probe of such a member ended the daemon)."""
+    node = daemons.daemon("node1").start()
+    node.wait_ready()
+    port = int(node.status()["bind"].rpartition(":")[2])
+    alive = Alive(node="evil", incarnation=1, address=address)
+    data = Codec(daemons.cluster_name).encode("evil", Gossip(piggyback=(alive,)))
+    before = _dropped(node).get("malformed", 0)
+    with _sender() as sock:
+        sock.sendto(data, ("127.0.0.1", port))
+    wait_until(lambda: _dropped(node).get("malformed", 0) > before, 15.0, "the drop to be counted")
+    assert node.running()
+    assert "evil" not in node.members()

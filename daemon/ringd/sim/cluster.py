@@ -99,7 +99,9 @@ class SimNode:
     def __init__(self, name: str, index: int) -> None:
         self.name = name
         self.index = index
-        self.address = Address(host="sim", port=index)
+        # An IP literal, as the codec requires (TEST-NET-1: never a real host); the port is
+        # the node's index.
+        self.address = Address(host="192.0.2.1", port=index)
         self.core: Any = None
         self.incarnation = -1
         self.up = False

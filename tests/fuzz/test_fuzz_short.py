@@ -1,0 +1,132 @@
+"""A short, deterministic fuzz run of every target (the Hypothesis engine, fixed seeds),
+and checks that the harness's detectors really detect crashes, hangs and allocations."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import fuzz
+import fuzz_targets
+from fuzz_targets import TARGETS, Checker, Target
+from ringd.wire import DropReason, WireError
+
+RUNS = 300
+SEED = 20261207
+# Generous: the suite shares 2 cores; the detector itself is tested below with a tight one.
+HANG_S = 5.0
+
+
+@pytest.mark.parametrize("name", sorted(TARGETS))
+def test_short_run_finds_nothing_and_reaches_both_outcomes(name: str) -> None:
+    checker = Checker(TARGETS[name], hang_s=HANG_S)
+    fuzz.fuzz_hypothesis(checker, runs=RUNS, seconds=60.0, seed=SEED)
+    stats = checker.stats
+    assert [f.detail for f in checker.findings] == []
+    assert (stats.crashes, stats.hangs, stats.allocs) == (0, 0, 0)
+    assert stats.inputs == RUNS
+    # Both sides of the boundary are exercised: inputs it accepts (seeds, structured
+    # values) and inputs it refuses with its documented error (if it has one: the node
+    # core takes every decoded datagram).
+    assert stats.accepted > 0, stats.accepted
+    assert stats.refused > 0 or not TARGETS[name].errors, stats.refused
+    assert stats.peak_alloc_bytes_max > 0  # allocation tracing was on
+
+
+def test_same_seed_same_run() -> None:
+    def run(seed: int) -> tuple[int, int, dict[str, int]]:
+        checker = Checker(TARGETS["gossip_messages"], hang_s=HANG_S)
+        fuzz.fuzz_hypothesis(checker, runs=200, seconds=60.0, seed=seed)
+        return checker.stats.accepted, checker.stats.refused, dict(checker.stats.refusals)
+
+    assert run(SEED) == run(SEED)
+
+
+def _target(run, errors=(WireError,)) -> Target:  # type: ignore[no-untyped-def]
+    return Target(name="probe", doc="", run=run, errors=errors, seeds=lambda: [b"seed"],
+                  alloc_base_bytes=64 << 10, alloc_per_input_byte=100)
+
+
+def test_detectors_catch_each_kind_of_finding(tmp_path: Path) -> None:
+    def run(data: bytes) -> None:
+        if data == b"crash":
+            {}["missing"]  # noqa: B018 - an undocumented exception escaping
+        if data == b"two lines":
+            raise WireError(DropReason.MALFORMED, "first\nsecond")
+        if data == b"round trip":
+            raise fuzz_targets.PropertyFailed("decode(encode(x)) != x")
+        if data == b"hang":
+            while True:
+                pass
+        if data == b"alloc":
+            _big = [0] * 1_000_000  # 8 MB for 5 input bytes
+        if data == b"refuse":
+            raise WireError(DropReason.MALFORMED, "refused")
+
+    checker = Checker(_target(run), hang_s=0.05, findings_dir=tmp_path)
+    outcomes = {d: checker.check(d) for d in (b"ok", b"refuse", b"crash", b"two lines",
+                                                b"round trip", b"hang", b"alloc")}
+    assert outcomes == {b"ok": "accepted", b"refuse": "refused", b"crash": "crash",
+                        b"two lines": "crash", b"round trip": "crash", b"hang": "hang",
+                        b"alloc": "alloc"}
+    stats = checker.stats
+    assert (stats.crashes, stats.hangs, stats.allocs) == (3, 1, 1)
+    assert "KeyError" in checker.findings[0].detail
+    assert sorted(p.name.split("-")[0] for p in tmp_path.iterdir()) == [
+        "alloc", "crash", "crash", "crash", "hang"]
+    # A finding's file holds the input that caused it, for --replay.
+    assert {p.read_bytes() for p in tmp_path.iterdir()} == {
+        b"crash", b"two lines", b"round trip", b"hang", b"alloc"}
+
+
+def test_slow_input_is_timed_twice_before_it_counts_as_a_hang() -> None:
+    calls: list[bytes] = []
+
+    def run(data: bytes) -> None:
+        calls.append(data)
+        if len(calls) == 1:  # slow once (0.08 s of CPU time), as on a busy machine
+            deadline = time.thread_time() + 0.08
+            while time.thread_time() < deadline:
+                pass
+
+    checker = Checker(_target(run), hang_s=0.05)
+    assert checker.check(b"x") == "accepted"
+    assert len(calls) == 2 and checker.stats.hangs == 0
+
+
+def test_command_line_runs_workers_and_writes_json(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(Path(fuzz.__file__).resolve().parents[1] / "daemon"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [sys.executable, fuzz.__file__, "--engine", "hypothesis", "--target", "group_messages",
+         "--target", "frames", "--runs", "150", "--jobs", "2", "--out", str(tmp_path / "fz"),
+         "--json", str(out)], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(out.read_text())
+    rows = {r["target"]: r for r in result["targets"]}
+    assert set(rows) == {"group_messages", "frames"}
+    for row in rows.values():
+        assert row["inputs"] == 150 and row["crashes"] == row["hangs"] == row["allocs"] == 0
+        assert row["exit_code"] == 0
+    assert "group_messages" in proc.stdout and "inputs/s" in proc.stdout
+
+
+def test_atheris_engine_runs_a_target(tmp_path: Path) -> None:
+    pytest.importorskip("atheris")  # the optional `fuzz` extra
+    env = {**os.environ, "PYTHONPATH": str(Path(fuzz.__file__).resolve().parents[1] / "daemon")}
+    proc = subprocess.run(
+        [sys.executable, fuzz.__file__, "--engine", "atheris", "--target", "datagram_mac",
+         "--runs", "3000", "--out", str(tmp_path / "fz"), "--json", str(tmp_path / "r.json")],
+        capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    row = json.loads((tmp_path / "r.json").read_text())["targets"][0]
+    assert row["engine"] == "atheris" and row["inputs"] == 3000 and row["crashes"] == 0
+    assert row["accepted"] > 0  # the key holder's sealed datagrams get past the MAC
+    assert any((tmp_path / "fz" / "datagram_mac" / "corpus").iterdir())
