@@ -125,7 +125,9 @@ def test_replayed_traffic_changes_nothing(daemons: ProcessRegistry, short_tmp: P
     wait_until(lambda: all_see(nodes, {n.name: "alive" for n in nodes}), 30, "all alive")
     datagrams = capture.finish()
     multicast = sum(1 for _, port, _ in datagrams if port == daemons.multicast_port)
-    assert multicast > 20 and len(datagrams) - multicast > 50, (len(datagrams), multicast)
+    # The capture holds real traffic of both kinds. How many multicast datagrams carry the
+    # 900 messages depends on packing (20 on a quiet host), so the bound is loose.
+    assert multicast >= 10 and len(datagrams) - multicast > 50, (len(datagrams), multicast)
     wire = b"".join(d for _, _, d in datagrams)
     for marker in (b"node1-1", b"TAGMARK42", b"EVENTMARK42", b"PAYLOADMARK42"):
         assert marker not in wire, f"{marker!r} readable on the wire"
