@@ -755,13 +755,7 @@ def encode_payload(msg: Message) -> bytes:
 def decode_payload(data: bytes) -> Message:
     """Inverse of :func:`encode_payload` for bytes from the ring; only :class:`WireError`."""
     try:
-        plain = _loads_exact(data, DEPTH_MAX)
-        if type(plain) is not list or not plain or type(plain[0]) is not int:
-            raise _bad("bad message array")
-        cls = MESSAGE_TYPES.get(plain[0])
-        if cls is None:
-            raise WireError(DropReason.UNKNOWN_TYPE, f"unknown message type {plain[0]}")
-        return (_SCHEMAS.get(cls) or _schema(cls)).decode(plain)
+        return _decode_message(_loads_exact(data, DEPTH_MAX))
     except WireError:
         raise
     except Exception as exc:
