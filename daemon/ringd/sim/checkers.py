@@ -122,6 +122,23 @@ class Violation:
         return f"[{self.prop}] {self.detail}"
 
 
+class Report:
+    """Violations of several properties, at most VIOLATIONS_PER_PROPERTY_MAX kept per property
+    (a checker shared by the group and quorum checks)."""
+
+    def __init__(self) -> None:
+        self.violations: list[Violation] = []
+        self._counts: dict[str, int] = {}
+
+    def add(self, prop: str, detail: str) -> None:
+        n = self._counts.get(prop, 0) + 1
+        self._counts[prop] = n
+        if n <= VIOLATIONS_PER_PROPERTY_MAX:
+            self.violations.append(Violation(prop, detail))
+        elif n == VIOLATIONS_PER_PROPERTY_MAX + 1:
+            self.violations.append(Violation(prop, "... more violations of this property omitted"))
+
+
 def config_key(change: ConfigChange) -> ConfigKey:
     return (change.kind.value, change.ring_id, frozenset(change.members))
 

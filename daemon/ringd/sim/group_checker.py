@@ -37,7 +37,7 @@ from ringd.core.groups import GroupsCore
 from ringd.core.totem_events import ConfigChange, ConfigKind
 from ringd.group_messages import GroupSend, GroupSync
 from ringd.messages import Message
-from ringd.sim.checkers import VIOLATIONS_PER_PROPERTY_MAX, ProcessLog, Violation
+from ringd.sim.checkers import ProcessLog, Report, Violation
 from ringd.wire import encode_payload
 
 MessageKey = tuple[int, str, int]  # (ring seq, ring representative, seq)
@@ -61,24 +61,10 @@ def _event(frame: Mapping[str, Any]) -> tuple[Any, ...]:
     return (tuple(frame["members"]), tuple(frame["joined"]), tuple(frame["left"]), frame["reason"])
 
 
-class _Report:
-    def __init__(self) -> None:
-        self.violations: list[Violation] = []
-        self._counts: dict[str, int] = {}
-
-    def add(self, prop: str, detail: str) -> None:
-        n = self._counts.get(prop, 0) + 1
-        self._counts[prop] = n
-        if n <= VIOLATIONS_PER_PROPERTY_MAX:
-            self.violations.append(Violation(prop, detail))
-        elif n == VIOLATIONS_PER_PROPERTY_MAX + 1:
-            self.violations.append(Violation(prop, "... more violations of this property omitted"))
-
-
 def check_groups(histories: Iterable[ClientHistory],
                  sent: Mapping[tuple[str, str], set[bytes]]) -> list[Violation]:
     """Check the group properties; ``sent[(group, member)]`` holds what that member sent."""
-    report = _Report()
+    report = Report()
     # Per group: (m, m', view at m) -> (events between, pid) of the first connection seen;
     # and every message key of the group with its items' sender member.
     between: dict[str, dict[tuple[Any, ...], tuple[tuple[Any, ...], str]]] = {}
@@ -165,7 +151,7 @@ def check_group_views(processes: Iterable[ProcessLog], decode: Callable[[bytes],
     must agree (and if a configuration orders no sync at all, they must agree from its
     start: its members were already in sync).
     """
-    report = _Report()
+    report = Report()
     seen: dict[tuple[Any, ...], dict[str, tuple[frozenset[str], str]]] = {}
     syncs_in: dict[Any, set[str]] = {}
     members_of: dict[Any, set[str]] = {}

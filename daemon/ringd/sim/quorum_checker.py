@@ -36,7 +36,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from ringd.core.totem_events import Deliver
-from ringd.sim.checkers import VIOLATIONS_PER_PROPERTY_MAX, ProcessLog, Violation
+from ringd.sim.checkers import ProcessLog, Report, Violation
 from ringd.totem_messages import RingId
 
 
@@ -75,20 +75,6 @@ class PrimaryInstall:
     ring_id: RingId
 
 
-class _Report:
-    def __init__(self) -> None:
-        self.violations: list[Violation] = []
-        self._counts: dict[str, int] = {}
-
-    def add(self, prop: str, detail: str) -> None:
-        n = self._counts.get(prop, 0) + 1
-        self._counts[prop] = n
-        if n <= VIOLATIONS_PER_PROPERTY_MAX:
-            self.violations.append(Violation(prop, detail))
-        elif n == VIOLATIONS_PER_PROPERTY_MAX + 1:
-            self.violations.append(Violation(prop, "... more violations of this property omitted"))
-
-
 def _members(members: frozenset[str]) -> str:
     return "{" + ",".join(sorted(members)) + "}"
 
@@ -96,7 +82,7 @@ def _members(members: frozenset[str]) -> str:
 def check_quorum(reports: Iterable[QuorumReport], exits: Iterable[PrimaryExit],
                  regular_members: Mapping[RingId, frozenset[str]]) -> list[Violation]:
     """Check the properties above; an empty list means one primary component throughout."""
-    report = _Report()
+    report = Report()
     decided: dict[tuple[str, RingId, frozenset[str]], tuple[tuple[bool, int, int], str]] = {}
     start: dict[RingId, tuple[float, str]] = {}
     for r in reports:
@@ -148,7 +134,7 @@ def check_quorum(reports: Iterable[QuorumReport], exits: Iterable[PrimaryExit],
 def check_primary_history(installs: Iterable[PrimaryInstall],
                           safe_in_primary: Mapping[RingId, set[tuple[str, int]]]) -> list[Violation]:
     """``primary-history`` (see the module docstring)."""
-    report = _Report()
+    report = Report()
     by_process: dict[str, list[PrimaryInstall]] = {}
     logs: dict[str, ProcessLog] = {}
     for inst in installs:
