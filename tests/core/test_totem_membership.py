@@ -101,6 +101,7 @@ def test_crash_installs_transitional_then_regular_within_the_bound() -> None:
     h.run_until(lambda: h.delivered_everywhere([("b", 1)]), timeout_s=1.0)
     old_ring = h.cores["a"].ring_id
     marks = {n: len(h.logs[n].configs) for n in h.names}
+    left_before = {n: len(h.left[n]) for n in h.names}
     h.crash("c")
     survivors = ["a", "b", "d"]
     took = h.run_until(lambda: h.operational_ring(survivors), timeout_s=5.0)
@@ -112,6 +113,12 @@ def test_crash_installs_transitional_then_regular_within_the_bound() -> None:
         assert new[0].members == tuple(survivors) and new[1].members == tuple(survivors)
         assert new[1].ring_id.seq > old_ring.seq
     assert sum(h.cores[n].stats.token_lost.get("OPERATIONAL", 0) for n in survivors) >= 1
+    # Each survivor said it left the old ring (what the lab's one-primary check reads), and
+    # left no other ring: the new one is Operational.
+    for name in survivors:
+        left = h.left[name][left_before[name]:]
+        assert [e.ring_id for e in left] == [old_ring]
+        assert left[0].reason in ("token_loss", "join", "foreign_ring")
 
 
 def test_gossip_peer_dead_fails_the_member_at_once() -> None:

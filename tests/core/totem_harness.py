@@ -27,6 +27,7 @@ from ringd.core.totem_events import (
     PeerDead,
     PersistRingSeq,
     Publish,
+    RingLeft,
     SendRefused,
     SendTo,
 )
@@ -70,6 +71,7 @@ class Harness:
         self.cores: dict[str, TotemCore] = {}
         self.logs: dict[str, NodeLog] = {n: NodeLog() for n in self.names}
         self.persisted: dict[str, int] = {n: 0 for n in self.names}
+        self.left: dict[str, list[RingLeft]] = {n: [] for n in self.names}  # rings each left
         self.down: set[str] = set()
         self.groups: list[set[str]] | None = None  # partition; None = fully connected
         self.drop: DropFilter | None = None
@@ -225,6 +227,8 @@ class Harness:
                 self.persisted[name] = eff.seq
             elif tp is SendRefused:
                 self.logs[name].refused.append(eff)
+            elif tp is RingLeft:
+                self.left[name].append(eff)
             else:
                 raise AssertionError(f"unknown effect {eff!r}")
 

@@ -83,6 +83,7 @@ from ringd.core.totem_events import (
     PersistRingSeq,
     Publish,
     ReadersBehind,
+    RingLeft,
     SendRefused,
     SendTo,
 )
@@ -433,6 +434,10 @@ class NodeCore:
         our processor accepted but has not delivered may or may not have reached the ring:
         their senders get an error rather than a guess."""
         was_running = self.started and self.active
+        if was_running:
+            attached = self.totem.attached_ring()
+            if attached is not None:
+                self._out.append(_ring_left_log(attached, "observer"))
         self.active = False
         if leaving:
             self._out.append(Log(level="info", text="left the ring (leaving the cluster)"))
@@ -542,6 +547,8 @@ class NodeCore:
                     if self.record_deliveries:
                         out.append(eff)
                     self._settle(eff.msg_id, now, refused=eff.reason)
+                elif tp is RingLeft:
+                    out.append(_ring_left_log(eff.ring_id, eff.reason))
             if self._settled and self._parked:
                 self._settled = False
                 self._unpark(now)
@@ -783,6 +790,11 @@ class NodeCore:
     def _unpark(self, now: float) -> None:
         while self._parked and self.unordered_bytes < UNORDERED_BYTES_MAX:
             self._publish_send(self._parked.popleft(), now)
+
+
+def _ring_left_log(ring_id: Any, why: str) -> Log:
+    # "left ring <id>: <why>" is parsed by scripts/netlab.py (the one-primary check).
+    return Log(level="info", text=f"left ring {ring_id}: {why}")
 
 
 __all__ = ["NodeCore", "NodeStats", "ToClient"]

@@ -40,6 +40,7 @@ from ringd.core.totem_events import (
     PersistRingSeq,
     Publish,
     ReadersBehind,
+    RingLeft,
     SendRefused,
     SendTo,
     TotemEffect,
@@ -257,6 +258,17 @@ class TotemCore(ReceiveMixin, GatherCommitMixin):
         self.last_reason = reason
         self.stats.bump(self.stats.state_entered, state.name)
 
+    def attached_ring(self) -> RingId | None:
+        """The ring we belong to now: Operational in it, or committed to it."""
+        return self._attached_ring(self.state)
+
+    def _attached_ring(self, state: State) -> RingId | None:
+        if state is State.OPERATIONAL:
+            return self.ring.ring_id if self.ring is not None else None
+        if state is State.COMMIT or state is State.RECOVERY:
+            return self.commit.ring_id if self.commit is not None else None
+        return None
+
     def _stop_token_timers(self) -> None:
         self._token_loss_at = math.inf
         self._retransmit_at = math.inf
@@ -273,6 +285,9 @@ class TotemCore(ReceiveMixin, GatherCommitMixin):
         prev = self.state
         ms = self.membership
         if prev is not State.GATHER:
+            left = self._attached_ring(prev)
+            if left is not None:
+                out.append(RingLeft(ring_id=left, reason=reason.value))
             silent = self._silent_successor()
             if silent:
                 fail = (fail or set()) | silent

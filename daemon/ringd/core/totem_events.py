@@ -126,4 +126,15 @@ class SendRefused:
     reason: str
 
 
-TotemEffect = SendTo | Multicast | Deliver | ConfigChange | PersistRingSeq | SendRefused
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RingLeft:
+    """We stopped belonging to ring ``ring_id``: back to Gather from Operational in it, or
+    from Commit or Recovery towards it. From then on no message can become safe in it
+    through us (its token cannot complete a rotation). Logged, so that real histories can
+    be checked for one primary component at a time as the simulator's are."""
+
+    ring_id: RingId
+    reason: str  # a Reason value: why we went back to Gather
+
+
+TotemEffect = SendTo | Multicast | Deliver | ConfigChange | PersistRingSeq | SendRefused | RingLeft

@@ -51,6 +51,7 @@ from ringd.core.totem_events import (
     PeerDead,
     PersistRingSeq,
     ReadersBehind,
+    RingLeft,
     SendRefused,
     SendTo,
 )
@@ -388,6 +389,8 @@ class SimCluster(ScenarioMixin):
                 self._ring_seq_persisted(node, eff.seq)
             elif tp is SendRefused:
                 self._refused(node, eff, node.incarnation)
+            elif tp is RingLeft:
+                self._trace_add(node.name, f"left {eff.ring_id}: {eff.reason}")
             else:
                 self._violation("unknown-effect", f"{node.name} returned {short_repr(eff)}")
 
