@@ -19,7 +19,8 @@ every event with a timestamp; a sender on every node sends agreed and safe messa
 call and in batches, and logs each request and its reply. After the run: heal, wait for one
 ring of all nodes, send a probe message from every node, and check the histories with the
 simulator's EVS checker (``ringd.sim.checkers`` through ``ringd.lab_history``) plus
-process-group virtual synchrony and liveness.
+process-group virtual synchrony, liveness, and one primary component at a time (the
+simulator's quorum checker on the daemons' own logs, through ``ringd.lab_quorum``).
 
     python scripts/netlab.py --nodes 3 --loss 0.1 --duration 30 --nemesis partition-halves \
         --seed 7 --json lab.json [--corosync]
@@ -456,6 +457,8 @@ class RingdLab:
                            workdir / f"state-n{k + 1}") for k in range(args.nodes)]
         self.stop_file = workdir / "stop-senders"
         self.events: list[str] = []
+        self.kills: list[Any] = []  # ringd.lab_quorum.Kill: when each killed daemon was dead
+        self.started_wall = time.time()
 
     # -- daemons and workload --
 
@@ -527,6 +530,8 @@ class RingdLab:
             if n.daemon is not None and not n.dead:
                 Procs.signal(n.daemon, signal.SIGKILL)
                 n.daemon.wait(5)
+                from ringd.lab_quorum import Kill
+                self.kills.append(Kill(n.name, n.incarnation, time.time()))
                 n.dead = True
                 (self.dir / f"ready-{n.name}").unlink(missing_ok=True)
                 inc, path, _ = n.sub_logs[-1]
@@ -669,6 +674,7 @@ class RingdLab:
             group_view_splits,
             parse_payload,
         )
+        from ringd.lab_quorum import read_daemon_logs
         from ringd.sim.checkers import FinalNode, check_liveness, check_safety
 
         subs = [SubscriberLog.read(path, n.name, inc, crashed)
@@ -707,6 +713,10 @@ class RingdLab:
         violations = check_safety(lab.history, eventual=settled)
         violations += check_liveness(lab.history, [n.name for n in self.nodes])
         violations += check_group_sync(subs, settled=settled)
+        # One primary component at a time, from the daemons' own logs (ringd.lab_quorum).
+        quorum = read_daemon_logs([(n.name, self.dir / f"{n.name}.log") for n in self.nodes],
+                                  self.kills, self.started_wall)
+        violations += quorum.check()
 
         # Numbers: regular configurations after the first, per node over its incarnations.
         regulars: dict[str, int] = {}
@@ -755,6 +765,9 @@ class RingdLab:
             "sent": acked,
             "delivered_min": min((len(delivered.get(n.name, ())) for n in self.nodes), default=0),
             "evs_violations": len(violations),
+            # Regular configurations decided primary (quorate), all checked for one primary
+            # component at a time (properties dual-primary, primary-chain, quorum-agreement).
+            "primary_configurations": quorum.primary_configurations,
             "latency_p50_ms": q(0.5),
             "latency_p99_ms": q(0.99),
             "violations": [str(v) for v in violations[:20]],

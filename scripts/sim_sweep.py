@@ -128,7 +128,8 @@ def _account(row: dict[str, float], result: RunResult) -> None:
     row["crashes"] += stats["crashes"]
     row["partitions"] += stats["partitions"]
     row["pauses"] += stats["pauses"]
-    for name in ("gossip_messages", "totem_messages", "group_events", "client_messages_delivered"):
+    for name in ("gossip_messages", "totem_messages", "group_events", "client_messages_delivered",
+                 "primary_configurations", "nonprimary_configurations", "sends_refused_not_quorate"):
         row[name] += stats.get(name, 0)
     row["probe_rounds_max"] = max(row.get("probe_rounds_max", 0), stats["probe_rounds"])
     if stats["converged_at_s"] is not None and stats["heal_at_s"] is not None:

@@ -1,7 +1,7 @@
 """The faulty-LAN lab (scripts/netlab.py) with real daemons: 3 nodes in network namespaces on
 a bridge, 10 % random loss on every link for 20 s, then a 2|1 partition and its heal. The
 EVS checker must pass on the real histories, process groups must stay virtually synchronous,
-and after the heal one ring of all nodes must deliver a probe from every node everywhere.
+one primary component at a time (the quorum checker on the daemons' logs), and after the heal one ring of all nodes must deliver a probe from every node everywhere.
 
 Needs root, iproute2 and nftables (CI runs as root and ``.ci/run`` installs both); skipped
 with the reason otherwise. Addresses are 198.18.0.0/24 inside namespaces the lab creates
@@ -67,6 +67,9 @@ def test_lossy_lan_then_partition_and_heal_passes_the_checker(tmp_path: Path) ->
     # One partition, 2|1, starting 20 s in, healed before the end.
     assert len(row["faults"]) == 1 and row["faults"][0].startswith("partition-halves 20.0-"), row["faults"]
     assert row["evs_violations"] == 0, row["violations"]
+    # The quorum checker ran on the daemons' logs: the first ring of 3, the 2 of the
+    # partition and the 3 after the heal are primary (the 1 alone is not), one at a time.
+    assert row["primary_configurations"] >= 3, row
     # The partition splits the ring and the heal merges it: at least two new regular
     # configurations at the member that saw the most.
     assert row["reconfigurations"] >= 2, row

@@ -44,7 +44,7 @@ from ringd.core.events import (
 )
 from ringd.core.groups import ToClient
 from ringd.core.node import INCARNATION, RING_SEQ, NodeCore
-from ringd.core.quorum import EXPECTED_VOTES, QuorumStatus
+from ringd.core.quorum import EXPECTED_VOTES, REASON_CONFIGURATION, QuorumStatus
 from ringd.core.totem_events import ConfigChange, ConfigKind
 from ringd.keyring import KEYRING_FILE, KeyFileError, Keyring, key_id, load_key
 from ringd.messages import Address
@@ -392,8 +392,10 @@ class Daemon:
             elif tp is Persist:
                 self._persist(effect.key, effect.value)
             elif tp is QuorumStatus:
-                self.log.log(logging.INFO if effect.primary else logging.WARNING,
-                             "quorum: %s", effect.describe())
+                # Parsed by ringd.lab_quorum: a change within a configuration names its reason.
+                self.log.log(logging.INFO if effect.primary else logging.WARNING, "quorum: %s%s",
+                             effect.describe(),
+                             "" if effect.reason == REASON_CONFIGURATION else f" ({effect.reason})")
             elif tp is MemberChanged:
                 self.log.info("%s", describe_member_change(effect))
                 if effect.old_state != effect.new_state:
