@@ -463,9 +463,13 @@ class RingdLab:
     # -- daemons and workload --
 
     def start_daemon(self, n: Node) -> None:
+        # The whole cluster's votes, as README asks (and corosync's nodelist does): with the
+        # default, daemons that first form rings apart are each primary, and the lab's
+        # one-primary check would rightly say so. --daemon-set can still override it.
+        sets = [f"quorum.expected_votes={self.args.nodes}", *self.args.daemon_set]
         cmd = ["ip", "netns", "exec", n.ns, self.py, "-m", "ringd", "run", "--preset", "lan",
                "--name", n.name, "--cluster-name", "lab", "--socket", str(n.sock),
-               "--state-dir", str(n.state_dir), *sum((["--set", s] for s in self.args.daemon_set), [])]
+               "--state-dir", str(n.state_dir), *sum((["--set", s] for s in sets), [])]
         # `ip netns exec` execs the command: the PID is the daemon's own.
         n.daemon = self.procs.start(cmd, self.dir / f"{n.name}.log")
         n.dead = False
