@@ -6,7 +6,7 @@ messages (token, mcast, join, commit token, merge detect, token hold cancel) her
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ringd.messages import Message, register
 
@@ -106,6 +106,10 @@ class Join(Message):
     proc: tuple[str, ...]
     fail: tuple[str, ...]
     ring_seq: int  # the highest ring seq the sender has seen (or persisted)
+    # Members the sender holds out as flapping, with the seconds its hold has left: the
+    # receivers hold them out as long, so every member keeps the same ones out (see
+    # ringd.core.totem_flap). Not part of consensus.
+    held: dict[str, float] = field(default_factory=dict)
 
 
 @register(38)

@@ -187,3 +187,39 @@ def test_a_flapping_member_is_kept_out_until_it_is_stable() -> None:
     h.publish("c", 1, b"back for good")
     h.run_until(lambda: h.delivered_everywhere([("c", 1)]), timeout_s=1.0)
     h.assert_consistent_order()
+
+
+def test_a_member_held_out_by_one_member_only_does_not_make_the_ring_churn() -> None:
+    """Members see different flaps (the sides of a partition saw different deaths): here only
+    a holds d out. Were b and c to take d's Joins while a fails d in every gather, the ring
+    {a, b, c} would form and break again every few milliseconds until a's hold ends (seen in
+    the lab: about 10 s of churn after a partition heal). The hold travels in a's Joins
+    instead: b and c hold d out until it ends at a, then d merges once."""
+    config = TotemConfig(flap_window_s=10.0, flap_count=3, flap_stable_s=1.0)
+    h = Harness(["a", "b", "c", "d"], config=config)
+    h.run_until(h.operational_ring, timeout_s=3.0)
+    for _ in range(2):
+        h.crash("d")
+        h.peer_dead("a", "d")
+        h.run_until(lambda: h.operational_ring(["a", "b", "c"]), timeout_s=2.0)
+        h.restart("d")
+        h.peer_alive("a", "d")
+        h.run_for(0.05)
+    held_at = h.now
+    assert h.cores["a"].flaps.held_out("d", h.now)
+    # b and c had no hint about d at all: they hold it out because a's Joins say so.
+    assert all(h.cores[n].flaps.held_out("d", h.now) for n in ("b", "c"))
+    assert all(h.cores[n].stats.flap_holds_adopted >= 1 for n in ("b", "c"))
+    h.run_until(lambda: h.operational_ring(["a", "b", "c"]), timeout_s=2.0)
+    marks = {n: len(h.logs[n].configs) for n in h.names}
+    h.run_for(0.6)  # d keeps sending Joins while a holds it out
+    assert h.operational_ring(["a", "b", "c"]) and h.cores["d"].members == ("d",)
+    regular = {n: sum(c.kind is ConfigKind.REGULAR for c in h.logs[n].configs[marks[n]:])
+               for n in ("a", "b", "c")}
+    assert regular == {"a": 0, "b": 0, "c": 0}, h.describe()
+    # Once a's hold ends, d merges, and the ring of four holds.
+    h.run_until(h.operational_ring, timeout_s=3.0)
+    assert h.now - held_at >= config.flap_stable_s - 0.06
+    marks = {n: len(h.logs[n].configs) for n in h.names}
+    h.run_for(1.0)
+    assert h.operational_ring() and all(len(h.logs[n].configs) == marks[n] for n in h.names)

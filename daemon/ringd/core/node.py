@@ -437,7 +437,7 @@ class NodeCore:
         if was_running:
             attached = self.totem.attached_ring()
             if attached is not None:
-                self._out.append(_ring_left_log(attached, "observer"))
+                self._out.append(_ring_left_log(attached, "leaving" if leaving else "observer"))
         self.active = False
         if leaving:
             self._out.append(Log(level="info", text="left the ring (leaving the cluster)"))

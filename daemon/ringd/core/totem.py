@@ -390,7 +390,8 @@ class TotemCore(ReceiveMixin, GatherCommitMixin):
         return after if after < longest else longest
 
     def _send_join(self, out: list) -> None:
-        out.append(Broadcast(msg=self.membership.join(self.highest_ring_seq)))
+        out.append(Broadcast(msg=self.membership.join(self.highest_ring_seq,
+                                                      held=self.flaps.remaining(self._now))))
         self.stats.join_tx += 1
         self._join_at = self._now + self.config.join_s
 

@@ -6,6 +6,13 @@ A member is *flapping* once ``flap_count`` alive/dead changes fall within ``flap
 it is then held out until gossip has reported it alive, without change, for
 ``flap_stable_s``. While held out its Joins and its rings' messages are ignored and it is
 put in the fail set of any gather, so the others form and keep a ring without it.
+
+Members see different flaps (during a partition each side saw only its own deaths), so one
+member may hold a node out while the others do not. Then the others took its Joins, and the
+holder failed it in every gather: the ring formed and broke again every few milliseconds
+until the hold ended. So our holds travel in our Joins with the time they have left, and
+a member that receives them holds the same nodes out as long (:meth:`FlapDamper.adopt`):
+the ring keeps one view of who is out, and the node merges back once, when the holds end.
 """
 
 from __future__ import annotations
@@ -39,6 +46,21 @@ class FlapDamper:
             changes.popleft()
         if len(changes) >= self.count or node in self._held_until:
             self._held_until[node] = now + self.stable_s if alive else math.inf
+
+    def adopt(self, node: str, remaining_s: float, now: float) -> bool:
+        """Hold ``node`` out for ``remaining_s`` more (at most ``stable_s``) because another
+        member does: True if that made or lengthened a hold."""
+        until = now + min(remaining_s, self.stable_s)
+        if until <= now or self._held_until.get(node, -math.inf) >= until:
+            return False
+        self._held_until[node] = until
+        return True
+
+    def remaining(self, now: float) -> dict[str, float]:
+        """Each held node's time left, for our Joins; one held while reported dead (no end
+        yet) goes out as ``stable_s``, renewed by every Join we send while it lasts."""
+        return {n: min(until - now, self.stable_s) for n, until in self._held_until.items()
+                if now < until}
 
     def held_out(self, node: str, now: float) -> bool:
         until = self._held_until.get(node)

@@ -87,6 +87,7 @@ class GatherCommitMixin:
             # would split the transitional configuration. The joiner keeps sending; we
             # take it into account once Operational (or after a token loss).
             return
+        adopted = bool(join.held) and self._adopt_holds(join)
         if state is State.OPERATIONAL:
             self._enter_gather(Reason.JOIN, out, proc={sender})
         elif state is not State.GATHER:
@@ -96,14 +97,26 @@ class GatherCommitMixin:
             self._enter_gather(Reason.JOIN, out)
         current = join.ring_seq >= self.ring_id.seq
         outcome = self.membership.on_join(sender, join, current=current)
-        if outcome is JoinOutcome.MERGED:
+        if outcome is JoinOutcome.MERGED or adopted:
             held = self.flaps.held(self._now) & self.membership.proc
-            if held:
-                self.membership.add_fail(held)
+            if held and self.membership.add_fail(held):
+                outcome = JoinOutcome.MERGED  # our sets grew: re-send our Join
         if outcome is JoinOutcome.AGREES:
             self._check_consensus(out)
         elif outcome is JoinOutcome.MERGED:
             self._enter_gather(Reason.MERGE_DURING_JOIN, out)
+
+    def _adopt_holds(self: TotemCore, join: Join) -> bool:
+        """Hold out whom the sender holds out, as long (see ringd.core.totem_flap): else we
+        would take the Joins of a node it fails in every gather, and the ring would churn.
+        True if a hold was taken or lengthened."""
+        flaps, now, me = self.flaps, self._now, self.name
+        adopted = False
+        for node, remaining_s in join.held.items():
+            if node != me and flaps.adopt(node, remaining_s, now):
+                self.stats.flap_holds_adopted += 1
+                adopted = True
+        return adopted
 
     def _my_entry(self: TotemCore) -> CommitEntry:
         ring = self.ring

@@ -53,8 +53,9 @@ class Membership:
         self.consensus = {self.me}
         self.commit_built = False
 
-    def join(self, ring_seq: int) -> Join:
-        return Join(proc=tuple(sorted(self.proc)), fail=tuple(sorted(self.fail)), ring_seq=ring_seq)
+    def join(self, ring_seq: int, held: dict[str, float] | None = None) -> Join:
+        return Join(proc=tuple(sorted(self.proc)), fail=tuple(sorted(self.fail)), ring_seq=ring_seq,
+                    held=held or {})
 
     def contains(self, join: Join) -> bool:
         """The Join tells us nothing new."""
