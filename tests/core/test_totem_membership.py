@@ -223,3 +223,26 @@ def test_a_member_held_out_by_one_member_only_does_not_make_the_ring_churn() -> 
     marks = {n: len(h.logs[n].configs) for n in h.names}
     h.run_for(1.0)
     assert h.operational_ring() and all(len(h.logs[n].configs) == marks[n] for n in h.names)
+
+
+def test_an_adopted_hold_ends_without_reforming_the_ring() -> None:
+    """a's gossip saw x (an observer, say: never in the ring) flap and end dead, so a holds
+    x out with no end and says so in its Joins; b and c adopt the hold. When their adopted
+    holds run out, nothing tells them x is alive: the ring must not reform for it (it did,
+    every flap_stable_s, with 64 daemons on one host)."""
+    config = TotemConfig(flap_window_s=10.0, flap_count=3, flap_stable_s=0.5)
+    h = Harness(["a", "b", "c"], config=config)
+    h.run_until(h.operational_ring, timeout_s=3.0)
+    for alive in (False, True, False, True, False):
+        (h.peer_alive if alive else h.peer_dead)("a", "x")
+        h.run_until(h.operational_ring, timeout_s=3.0)
+    assert h.cores["a"].flaps.held_out("x", h.now + 100.0)  # held while reported dead
+    h.crash("c")  # a gather, so that a's Joins carry its hold
+    h.run_until(lambda: h.operational_ring(["a", "b"]), timeout_s=3.0)
+    h.restart("c")
+    h.run_until(h.operational_ring, timeout_s=3.0)
+    assert h.cores["b"].stats.flap_holds_adopted >= 1
+    marks = {n: len(h.logs[n].configs) for n in h.names}
+    h.run_for(4 * config.flap_stable_s)
+    assert h.operational_ring() and all(len(h.logs[n].configs) == marks[n] for n in h.names), \
+        h.describe()

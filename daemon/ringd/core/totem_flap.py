@@ -75,9 +75,13 @@ class FlapDamper:
         return min((t for t in self._held_until.values() if t < math.inf), default=math.inf)
 
     def released(self, now: float) -> list[str]:
-        """Nodes whose hold ended (stable long enough); forgets their history."""
+        """Nodes whose hold ended that gossip reports alive (stable long enough), to welcome
+        back; forgets the history of every hold that ended. A hold adopted from another
+        member's Joins ends without a welcome when our own gossip never said the node is
+        alive (an observer, say): that member's Joins decide, and welcoming it here would
+        reform the ring every ``stable_s`` for a node that cannot join."""
         done = sorted(n for n, until in self._held_until.items() if until <= now)
         for node in done:
             del self._held_until[node]
             self._changes.pop(node, None)
-        return done
+        return [n for n in done if self._alive.get(n)]
