@@ -331,6 +331,8 @@ class DaemonCollector(Collector):
         yield _counter("ringd_totem_foreign_messages", "Messages of another ring seen.", stats.foreign_rx)
         yield _counter("ringd_totem_flap_hints_ignored", "Gossip alive hints ignored because the node flaps.",
                        stats.flap_held_hints)
+        yield _counter("ringd_totem_flap_holds_adopted", "Flapping members held out because another "
+                       "member's Joins held them out.", stats.flap_holds_adopted)
         yield _labelled_counter("ringd_totem_configurations", "Configurations delivered, by kind.", "kind",
                                 ((k.value, stats.configurations.get(k.value, 0)) for k in ConfigKind))
         latency = HistogramMetricFamily("ringd_totem_delivery_latency_seconds",
