@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from ringd.client import ClientError, ConnectionLost, ProtocolError, RequestFailed, TryAgain
-from ringd.client.connection import SEND_BYTES_MAX, ClientConnection, Ticket
+from ringd.client.connection import SEND_BYTES_MAX, SEND_CALL_ITEMS_MAX, ClientConnection, Ticket
 from ringd.wire import FrameReader, pack_frame
 
 CLIENT = Path(__file__).resolve().parents[1] / "daemon" / "ringd" / "client"
@@ -93,6 +93,13 @@ def test_a_request_never_exceeds_the_daemons_data_limit() -> None:
     with pytest.raises(RequestFailed, match=f"exceed {SEND_BYTES_MAX} per request"):
         conn.send("g", [b"y" * (SEND_BYTES_MAX + 1)], safe=False, wait=True)
     assert not conn.has_output()  # the refused call was never queued
+    # So is one of more messages than a daemon frame may hold (empty ones carry no bytes).
+    with pytest.raises(RequestFailed, match=f"exceed {SEND_CALL_ITEMS_MAX} per call"):
+        conn.send("g", [b""] * (SEND_CALL_ITEMS_MAX + 1), safe=False, wait=True)
+    assert not conn.has_output()
+    # The largest call fits in one frame the daemon accepts.
+    conn.send("g", [b""] * SEND_CALL_ITEMS_MAX, safe=False, wait=True)
+    assert [len(f["data"]) for f in daemon.take()] == [SEND_CALL_ITEMS_MAX]
 
 
 def test_a_failed_request_fails_every_call_in_it_with_its_own_error() -> None:

@@ -110,6 +110,11 @@ INT_MIN: Final = -(1 << 63)
 INT_MAX: Final = (1 << 63) - 1
 FRAME_BYTES_MAX: Final = 16 << 20
 FRAME_DEPTH_MAX: Final = 64
+# CBOR data items in one frame. An item can be one byte (an empty byte string) and becomes a
+# Python object of 30-90 bytes, so 2 MiB of them cost about a second and 180 MB to decode.
+# A frame longer than this many bytes is counted first, without building anything. (The
+# client library never puts more than 16,384 messages in one request.)
+FRAME_ITEMS_MAX: Final = 1 << 17
 
 _HEADER = struct.Struct(">2sBB8s")
 _KEYED = struct.Struct(">2sBB8s4sQB")  # the header up to the sender name
@@ -823,7 +828,44 @@ class FrameReader:
         return out
 
 
+# Bytes that follow a CBOR head, by its additional information (24..27); 28..31 are not
+# valid in the strict subset we decode (no indefinite lengths).
+_HEAD_ARG_BYTES: Final = {24: 1, 25: 2, 26: 4, 27: 8}
+
+
+def count_items(data: bytes, limit: int) -> int:
+    """How many CBOR data items ``data`` holds (every head counts: each array or map, each
+    key and value, each tag), walking the heads without decoding anything. WireError
+    (TOO_LARGE) as soon as there are more than ``limit``; MALFORMED for a head the strict
+    decoder would refuse anyway, or one that runs past the end."""
+    pos, end, count = 0, len(data), 0
+    while pos < end:
+        count += 1
+        if count > limit:
+            raise WireError(DropReason.TOO_LARGE, f"frame of more than {limit} CBOR items")
+        head = data[pos]
+        major, info = head >> 5, head & 31
+        pos += 1
+        if info < 24:
+            arg = info
+        else:
+            size = _HEAD_ARG_BYTES.get(info)
+            if size is None:
+                raise WireError(DropReason.MALFORMED, f"CBOR head 0x{head:02x}")
+            if pos + size > end:
+                raise WireError(DropReason.MALFORMED, "CBOR head past the end")
+            arg = int.from_bytes(data[pos:pos + size], "big")
+            pos += size
+        if major == 2 or major == 3:  # byte or text string: skip its content
+            pos += arg
+    if pos > end:
+        raise WireError(DropReason.MALFORMED, "CBOR string past the end")
+    return count
+
+
 def _decode_frame(payload: bytes) -> Any:
+    if len(payload) > FRAME_ITEMS_MAX:  # a shorter one cannot hold more items than bytes
+        count_items(payload, FRAME_ITEMS_MAX)
     try:
         value = _loads_exact(payload, FRAME_DEPTH_MAX)
         _check_plain(value)

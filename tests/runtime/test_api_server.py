@@ -152,6 +152,14 @@ async def test_malformed_frame_gets_an_error_then_disconnect(short_tmp: Path) ->
         assert (await big.next())["error"].startswith("malformed frame: too")
         await big.expect_eof()
 
+        # A frame within the byte limit but of 2 million one-byte items (180 MB decoded)
+        # is refused without decoding it.
+        flood = await RawConn.open(s.path)
+        await flood.stream.send_all(pack_frame({"op": "send", "group": "g", "data": [b""] * (2 << 20)}))
+        assert "CBOR items" in (await flood.next())["error"]
+        await flood.expect_eof()
+        assert s.server.stats.errors["malformed"] == 3
+
 
 async def test_sends_are_pipelined_up_to_a_byte_bound_and_other_ops_wait_behind_them(
         short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:

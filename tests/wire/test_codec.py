@@ -10,6 +10,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+import cbor2
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -18,6 +19,7 @@ from ringd.keyring import KeyFileError, Keyring, key_id, load_key
 from ringd.messages import MESSAGE_TYPES, Address, Alive, Gossip, Message, Nack, Ping
 from ringd.wire import (
     FRAME_BYTES_MAX,
+    FRAME_ITEMS_MAX,
     HEADER_BYTES,
     INT_MAX,
     INT_MIN,
@@ -29,6 +31,7 @@ from ringd.wire import (
     ReplayWindow,
     WireError,
     cluster_id,
+    count_items,
     pack_frame,
 )
 
@@ -511,6 +514,48 @@ def test_malformed_frames(payload: bytes) -> None:
     with pytest.raises(WireError) as info:
         FrameReader().feed(len(payload).to_bytes(4, "big") + payload)
     assert info.value.reason == DropReason.MALFORMED
+
+
+def _items(value: Any) -> int:
+    """CBOR data items in ``value`` as cbor2 encodes it: one per value, key and container."""
+    if isinstance(value, list):
+        return 1 + sum(_items(v) for v in value)
+    if isinstance(value, dict):
+        return 1 + sum(1 + _items(v) for v in value.values())  # str keys: one item each
+    return 1
+
+
+@FUZZ
+@given(plain_data)
+def test_count_items_agrees_with_the_structure(value: Any) -> None:
+    data = cbor2.dumps(value)
+    assert count_items(data, 1 << 30) == _items(value)
+    # Cut short anywhere inside a head or a string: refused, never an overrun.
+    for cut in range(1, len(data)):
+        try:
+            count_items(data[:cut], 1 << 30)
+        except WireError as exc:
+            assert exc.reason == DropReason.MALFORMED
+
+
+def test_a_frame_of_many_tiny_items_is_refused_before_decoding() -> None:
+    """2 MiB of empty byte strings would decode into about 180 MB of Python objects."""
+    flood = pack_frame({"op": "send", "group": "g", "data": [b""] * (2 << 20)})
+    tracemalloc.start()
+    try:
+        with pytest.raises(WireError) as info:
+            FrameReader().feed(flood)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert info.value.reason == DropReason.TOO_LARGE and "CBOR items" in str(info.value)
+    assert peak < 4 * len(flood)  # copies of the frame's bytes; decoded, it took about 180 MB
+    # Just inside the limit: the map, its three keys and values, the list and its messages.
+    fits = {"op": "send", "group": "g", "data": [b""] * (FRAME_ITEMS_MAX - 7)}
+    assert FrameReader().feed(pack_frame(fits)) == [fits]
+    over = {"op": "send", "group": "g", "data": [b""] * (FRAME_ITEMS_MAX - 6)}
+    with pytest.raises(WireError):
+        FrameReader().feed(pack_frame(over))
 
 
 def test_pack_frame_refuses_oversized() -> None:

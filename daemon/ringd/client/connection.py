@@ -36,6 +36,9 @@ SEND_BYTES_MAX = 1 << 20
 # Messages in one coalesced request: each costs up to 5 bytes of CBOR framing besides its
 # data, so this keeps a request far inside the daemon's frame limit (2 MiB + 64 KiB).
 SEND_ITEMS_MAX = 16384
+# Messages in one send call: the daemon refuses a frame of more than wire.FRAME_ITEMS_MAX
+# CBOR items (131,072) and closes the connection, so a larger call is refused here at once.
+SEND_CALL_ITEMS_MAX = 65536
 # Event frames read ahead for the application by default (see ClientConnection.events_max).
 EVENT_FRAMES_MAX = 1024
 # submit(): queued send data that is written at once (else it waits for more, for the
@@ -181,13 +184,16 @@ class ClientConnection:
     def send(self, group: str, items: list[bytes], *, safe: bool, wait: bool,
              submitted: bool = False) -> Ticket:
         """Queue one send call of ``items`` to ``group``. More than :data:`SEND_BYTES_MAX`
-        bytes of data raise :class:`RequestFailed` here (the daemon would refuse them)."""
+        bytes of data or :data:`SEND_CALL_ITEMS_MAX` messages raise :class:`RequestFailed`
+        here (the daemon would refuse them)."""
         self._check_open()
         if not isinstance(group, str):
             raise TypeError(f"group must be a str, not {type(group).__name__}")
         size = sum(map(len, items))
         if size > SEND_BYTES_MAX:
             raise RequestFailed(f"send: {size} bytes of data exceed {SEND_BYTES_MAX} per request")
+        if len(items) > SEND_CALL_ITEMS_MAX:
+            raise RequestFailed(f"send: {len(items)} messages exceed {SEND_CALL_ITEMS_MAX} per call")
         ticket = Ticket("send")
         ticket.key = (group, bool(safe), bool(wait))
         ticket.items = items
