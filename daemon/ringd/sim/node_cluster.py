@@ -54,7 +54,6 @@ from ringd.core.quorum import EXPECTED_VOTES, QuorumStatus
 from ringd.core.requests import ClientGone, JoinGroup, LeaveGroup, SendMessages
 from ringd.core.totem import TOTEM_MESSAGE_TYPES
 from ringd.core.totem_events import ConfigChange, ConfigKind, Deliver, Publish, SendRefused
-from ringd.core.totem_state import State
 from ringd.group_messages import GroupSync
 from ringd.sim.checkers import FinalNode, Published, Violation
 from ringd.sim.cluster import SimCluster, SimNode, SimRun
@@ -576,15 +575,7 @@ class NodeSimCluster(SimCluster):
 
 def _attachment(core: NodeCore) -> Any:
     """The ring ``core``'s Totem belongs to now: committed to it or Operational in it."""
-    if not core.active:
-        return None
-    totem = core.totem
-    state = totem.state
-    if state is State.OPERATIONAL:
-        return totem.ring_id
-    if (state is State.COMMIT or state is State.RECOVERY) and totem.commit is not None:
-        return totem.commit.ring_id
-    return None
+    return core.totem.attached_ring() if core.active else None
 
 
 def vars_of(obj: Any) -> dict[str, Any]:
