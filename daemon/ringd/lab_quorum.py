@@ -87,10 +87,7 @@ def read_daemon_logs(logs: Iterable[tuple[str, Path]], kills: Iterable[Kill],
         attached: RingId | None = None  # the ring this process is in (Operational)
         for line in path.read_text(errors="replace").splitlines():
             if _STARTUP.match(line):  # printed on stdout, without a time
-                pid = f"{node}#{incarnation}"
-                if attached is not None and pid in kills_by_pid:
-                    out.exits.append(PrimaryExit(at=kills_by_pid[pid], pid=pid, node=node,
-                                                 ring_id=attached, why="killed"))
+                _killed(out, node, incarnation, attached, kills_by_pid)
                 incarnation += 1
                 members, attached = {}, None
                 continue
@@ -119,11 +116,17 @@ def read_daemon_logs(logs: Iterable[tuple[str, Path]], kills: Iterable[Kill],
                                              why=f"left it ({left.group(2)})"))
                 if ring == attached:
                     attached = None
-        pid = f"{node}#{incarnation}"
-        if attached is not None and pid in kills_by_pid:
-            out.exits.append(PrimaryExit(at=kills_by_pid[pid], pid=pid, node=node,
-                                         ring_id=attached, why="killed"))
+        _killed(out, node, incarnation, attached, kills_by_pid)
     return out
+
+
+def _killed(out: QuorumInputs, node: str, incarnation: int, attached: RingId | None,
+            kills_by_pid: dict[str, float]) -> None:
+    """The lab killed this incarnation while it was in ``attached``: it left it then."""
+    pid = f"{node}#{incarnation}"
+    if attached is not None and pid in kills_by_pid:
+        out.exits.append(PrimaryExit(at=kills_by_pid[pid], pid=pid, node=node,
+                                     ring_id=attached, why="killed"))
 
 
 __all__ = ["Kill", "QuorumInputs", "read_daemon_logs"]
