@@ -6,6 +6,7 @@ from totem_harness import Harness
 
 from ringd.config import TotemConfig
 from ringd.core.totem import State
+from ringd.core.events import Received
 from ringd.core.totem_events import ConfigKind
 from ringd.core.totem_membership import JoinOutcome, Membership
 from ringd.totem_messages import CommitToken, Join
@@ -91,6 +92,31 @@ def test_partitioned_rings_merge_with_a_commit_token_from_two_old_rings() -> Non
     h.publish("e", 100, b"together")
     h.run_until(lambda: h.delivered_everywhere(keys), timeout_s=2.0)
     h.assert_consistent_order()
+
+
+def test_a_join_that_fails_us_does_not_reform_our_ring() -> None:
+    # Two rings side by side (a partition). A leftover Join of the other side that lists us
+    # as failed would only make us gather, fail its sender and form the same ring again; with
+    # many members on a loaded host the two halves did that to each other every second.
+    h = Harness(["a", "b", "c", "d", "e"])
+    h.run_until(h.operational_ring, timeout_s=3.0)
+    h.partition({"a", "b", "c"}, {"d", "e"})
+    h.run_until(lambda: h.operational_ring(["a", "b", "c"]) and h.operational_ring(["d", "e"]),
+                timeout_s=5.0)
+    a = h.cores["a"]
+    ring = a.ring_id
+    hostile = Join(proc=("a", "b", "c", "d", "e"), fail=("a", "b", "c"),
+                   ring_seq=a.highest_ring_seq + 8)
+    h._input("a", Received(sender="d", msg=hostile, source=("127.0.0.1", 0)))
+    assert a.state is State.OPERATIONAL and a.ring_id == ring
+    assert a.stats.joins_failing_us_ignored == 1
+    # A Join that lists us as alive is a merge: we gather for it.
+    friendly = Join(proc=("a", "d", "e"), fail=(), ring_seq=a.highest_ring_seq)
+    h._input("a", Received(sender="d", msg=friendly, source=("127.0.0.1", 0)))
+    assert a.state is State.GATHER and a.stats.joins_failing_us_ignored == 1
+    h.heal()
+    h.run_until(h.operational_ring, timeout_s=5.0)
+    assert len(a.members) == 5
 
 
 def test_crash_installs_transitional_then_regular_within_the_bound() -> None:

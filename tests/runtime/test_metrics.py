@@ -130,6 +130,7 @@ TOTEM_FAMILIES = {
     "ringd_totem_membership_messages_received": "counter", "ringd_totem_rings_formed": "counter",
     "ringd_totem_foreign_messages": "counter", "ringd_totem_flap_hints_ignored": "counter",
     "ringd_totem_flap_holds_adopted": "counter",
+    "ringd_totem_joins_failing_us_ignored": "counter",
     "ringd_totem_configurations": "counter", "ringd_totem_delivery_latency_seconds": "histogram",
 }
 GROUPS_FAMILIES = {

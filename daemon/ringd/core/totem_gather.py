@@ -89,6 +89,12 @@ class GatherCommitMixin:
             return
         adopted = bool(join.held) and self._adopt_holds(join)
         if state is State.OPERATIONAL:
+            if self.name in join.fail and sender not in self.members:
+                # It gave up on us, so a gather would fail it (failure is mutual) and
+                # re-form this very ring: pure churn. When the sender's gather is over it
+                # sends Joins that list us as alive, and those merge.
+                self.stats.joins_failing_us_ignored += 1
+                return
             self._enter_gather(Reason.JOIN, out, proc={sender})
         elif state is not State.GATHER:
             ms = self.membership

@@ -64,6 +64,7 @@ class TotemStats(_TimingHistograms):
     foreign_rx: int = 0  # messages of another ring seen
     flap_held_hints: int = 0  # PeerAlive hints ignored because the node is flapping
     flap_holds_adopted: int = 0  # holds taken over from other members' Joins
+    joins_failing_us_ignored: int = 0  # Operational: Joins of non-members that fail us
     state_entered: dict[str, int] = field(default_factory=dict)  # State name -> count
     gather_entered: dict[str, int] = field(default_factory=dict)  # Reason value -> count
     token_lost: dict[str, int] = field(default_factory=dict)  # State name when it was lost

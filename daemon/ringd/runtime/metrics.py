@@ -333,6 +333,9 @@ class DaemonCollector(Collector):
                        stats.flap_held_hints)
         yield _counter("ringd_totem_flap_holds_adopted", "Flapping members held out because another "
                        "member's Joins held them out.", stats.flap_holds_adopted)
+        yield _counter("ringd_totem_joins_failing_us_ignored", "Joins of non-members that list this "
+                       "node as failed, ignored while operational (a gather would re-form the same "
+                       "ring).", stats.joins_failing_us_ignored)
         yield _labelled_counter("ringd_totem_configurations", "Configurations delivered, by kind.", "kind",
                                 ((k.value, stats.configurations.get(k.value, 0)) for k in ConfigKind))
         latency = HistogramMetricFamily("ringd_totem_delivery_latency_seconds",
