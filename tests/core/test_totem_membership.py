@@ -5,8 +5,8 @@ from __future__ import annotations
 from totem_harness import Harness
 
 from ringd.config import TotemConfig
-from ringd.core.totem import State
 from ringd.core.events import Received
+from ringd.core.totem import State
 from ringd.core.totem_events import ConfigKind
 from ringd.core.totem_membership import JoinOutcome, Membership
 from ringd.totem_messages import CommitToken, Join
