@@ -311,6 +311,11 @@ class ControlServer:
                 pass
             self._inode = None
 
+    async def serve_stream(self, daemon: DaemonView, stream: SocketConnection) -> None:
+        """Serve one connection made inside the daemon's process (see
+        :meth:`ringd.runtime.node.Daemon.open_local_connection`) as an accepted one."""
+        await self._handle_connection(daemon, stream)
+
     async def _handle_connection(self, daemon: DaemonView, stream: SocketConnection) -> None:
         self.stats.connections_total += 1
         async with stream:

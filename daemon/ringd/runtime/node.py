@@ -17,6 +17,7 @@ import logging
 import os
 import random
 import signal
+import socket as stdlib_socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -54,6 +55,7 @@ from ringd.runtime.control import ControlServer, ControlSocketError, ControlStat
 from ringd.runtime.keys import KeyService
 from ringd.runtime.logs import level_number, setup_logging
 from ringd.runtime.state_files import read_counter, write_counter
+from ringd.runtime.stream import SocketConnection
 from ringd.runtime.udp import UdpTransport, advertised_host, open_udp_transport
 from ringd.wire import Codec, decode_payload, encode_payload, new_epoch
 
@@ -227,6 +229,8 @@ class Daemon:
         # Connections whose outgoing backlog changed since the core last heard of it.
         self._backlog_changed: dict[int, ApiConnection] = {}
         self._nursery: trio.Nursery | None = None
+        # Serves in-process connections (open_local_connection); set by run_daemon.
+        self.control: ControlServer | None = None
         # The keyring and its online changes; None without key_file.
         self.keys: KeyService | None = None
         if codec.keyring is not None:
@@ -248,6 +252,16 @@ class Daemon:
         next input (a hook of :class:`ApiConnection`; no wake-up needed, the core asks
         for a tick while it waits on readers)."""
         self._backlog_changed[conn.conn] = conn
+
+    def open_local_connection(self) -> SocketConnection:
+        """A client connection from inside this process (``ringd.embedded``): one end of a
+        socket pair whose other end the control server serves like an accepted client, so
+        it speaks the same API, with the same checks, as a client of the socket file."""
+        if self._nursery is None or self.control is None:
+            raise RuntimeError("the daemon is not running")
+        ours, theirs = stdlib_socket.socketpair(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
+        self._nursery.start_soon(self.control.serve_stream, self, SocketConnection(theirs))
+        return SocketConnection(ours)
 
     def stop(self, exit_code: int) -> None:
         """Cancel every task of the daemon; ``run_daemon`` then returns ``exit_code``."""
@@ -474,13 +488,26 @@ async def _signal_watcher(daemon: Daemon, *, task_status: trio.TaskStatus[None])
             await daemon.request_leave(sig_name)
 
 
-async def run_daemon(cfg: Config, *, task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED) -> int:
+async def run_daemon(cfg: Config, *, embedded: bool = False,
+                     task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED) -> int:
     """Run a daemon until it leaves, is signalled, or fails. Returns the process exit code.
 
     Startup errors are logged as one line and give exit code 1. ``task_status.started``
     receives the :class:`Daemon` once the UDP and control sockets are serving.
+
+    ``embedded``: inside an application's own Trio loop (``ringd.embedded``). The
+    application's signals and logging configuration stay its own (lines go to the
+    ``ringd.<name>`` logger, unconfigured), and a startup error is raised as
+    :class:`StartupError` instead of being logged.
     """
-    log = setup_logging(cfg.node_name, cfg.log_level)
+    if embedded:
+        log = logging.getLogger(f"ringd.{cfg.node_name}")
+        log.setLevel(level_number(cfg.log_level))
+        if not log.handlers:
+            # A library prints nothing unless the application configures logging.
+            log.addHandler(logging.NullHandler())
+    else:
+        log = setup_logging(cfg.node_name, cfg.log_level)
     control = ControlServer(cfg.socket_path, log, cfg.control_allow_users)
     transport: UdpTransport | None = None
     metrics: MetricsServer | None = None
@@ -541,12 +568,17 @@ async def run_daemon(cfg: Config, *, task_status: trio.TaskStatus[Daemon] = trio
             daemon.metrics_url = metrics.url
         async with trio.open_nursery() as nursery:
             daemon._nursery = nursery
-            await nursery.start(_signal_watcher, daemon)
+            daemon.control = control
+            if not embedded:
+                await nursery.start(_signal_watcher, daemon)
             await nursery.start(control.serve, daemon)
             nursery.start_soon(daemon.alarm.run_timer)
             if metrics is not None:
                 await nursery.start(metrics.serve)
-            print(startup_line(cfg, address), flush=True)
+            if embedded:
+                log.info("%s", startup_line(cfg, address))
+            else:
+                print(startup_line(cfg, address), flush=True)
             if previous is not None:
                 log.info("restarted with incarnation %d", incarnation)
             task_status.started(daemon)
@@ -554,6 +586,8 @@ async def run_daemon(cfg: Config, *, task_status: trio.TaskStatus[Daemon] = trio
             daemon.stop(code)
         return daemon.exit_code
     except StartupError as exc:
+        if embedded:
+            raise
         log.error("%s", exc)
         return 1
     finally:
