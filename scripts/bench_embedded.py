@@ -269,7 +269,7 @@ def main() -> None:
         table.add_row(str(row["nodes"]), str(row["senders"]), row["mode"], f"{row['p50_ms']:.3f}",
                       f"{row['p99_ms']:.3f}", "yes" if row["all_delivered"] else "NO", cs, ratio,
                       f"{row['steal_s']:.2f}")
-    Console().print(table)
+    Console(width=160).print(table)
     a.json.parent.mkdir(parents=True, exist_ok=True)
     a.json.write_text(json.dumps({"rows": rows, "args": {k: str(v) for k, v in vars(a).items()}}, indent=1))
     print(f"written to {a.json}")
