@@ -9,7 +9,8 @@ Ctrl-C / SIGTERM; a hard alarm bounds the whole run.
 
 Nemeses (combinable, scheduled from ``--seed``): random loss on every link (``--loss``) or
 per link (``link-loss``), partitions (``partition-halves``, ``partition-node``,
-``partition-majorities-ring``), an asymmetric cut (``asymmetric``: A->B dropped, B->A fine),
+``partition-majorities-ring``), an asymmetric cut (``asymmetric``: A->B dropped, B->A fine;
+``asymmetric-token-hop``: the same where B follows A in the ring, so the token cannot pass),
 bridge flaps (``bridge-flap``), SIGSTOP/SIGCONT pauses (``pause``), kill -9 and restart
 (``kill``). Packet drops are nftables rules in the bridge namespace's own ruleset:
 ``numgen random mod 10000 < P drop`` (the kernel here has no netem).
@@ -52,8 +53,10 @@ GROUP = "lab"
 SUBNET = "198.18.0"  # 198.18.0.0/15: benchmarking addresses, never routed; only inside the lab
 CMD_TIMEOUT_S = 15
 NEMESES = ("partition-halves", "partition-node", "partition-majorities-ring", "asymmetric",
+           "asymmetric-token-hop",
            "link-loss", "bridge-flap", "pause", "kill")
-PARTITIONS = {"partition-halves", "partition-node", "partition-majorities-ring", "asymmetric"}
+PARTITIONS = {"partition-halves", "partition-node", "partition-majorities-ring", "asymmetric",
+              "asymmetric-token-hop"}
 RING_FORM_TIMEOUT_S = 60.0
 SETTLE_TIMEOUT_S = 60.0
 PROBE_TIMEOUT_S = 30.0
@@ -208,6 +211,11 @@ def make_fault(name: str, rng: random.Random, nodes: int, start: float, end: flo
             f.cuts += [(src, dst) for src in order if src not in hears]
     elif name == "asymmetric":
         f.cuts = [(order[0], order[1])]  # order[0] -> order[1] dropped, the reverse fine
+    elif name == "asymmetric-token-hop":
+        # ringd's ring is its members in name order (so is Corosync's, by node id, up to 9
+        # nodes): cut A -> the member after A, the hop the token takes from A.
+        ring = sorted(range(nodes), key=lambda k: f"n{k + 1}")
+        f.cuts = [(order[0], ring[(ring.index(order[0]) + 1) % nodes])]
     elif name == "link-loss":
         level = max(loss * 2, 0.1)
         f.link_loss = {k: round(rng.uniform(0, level), 3) for k in range(nodes)}
