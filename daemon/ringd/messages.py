@@ -210,7 +210,12 @@ class Announce(Message):
 @register(16)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NameConflict(Message):
-    """Sent to a newcomer that claims a name held by a live member at another address."""
+    """Sent to a newcomer that claims a name held by a live member at another address.
+
+    ``holder_uptime_s``: how long the holder had been running when it sent this itself, or
+    a negative number when a third party sends it (the holder's age unknown). Two daemons
+    started under one name tell each other at once; the one that ran longer keeps it."""
 
     node: str
     holder_address: Address
+    holder_uptime_s: float = -1.0

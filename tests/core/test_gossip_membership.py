@@ -17,7 +17,16 @@ from ringd.core.events import (
     Start,
     Tick,
 )
-from ringd.messages import Address, Announce, Dead, Gossip, MemberState, Ping, Suspect
+from ringd.messages import (
+    Address,
+    Announce,
+    Dead,
+    Gossip,
+    MemberState,
+    NameConflict,
+    Ping,
+    Suspect,
+)
 
 ALIVE, SUSPECT, DEAD, LEFT = MemberState.ALIVE, MemberState.SUSPECT, MemberState.DEAD, MemberState.LEFT
 SEEDS = range(3)
@@ -190,6 +199,40 @@ def test_name_conflict_via_seed_only() -> None:
     net.run_for(2.0)
     assert any(isinstance(e, Fatal) for _, e in dup.effects)
     assert net.view("a", "b").address == net.nodes["b"].address
+
+
+def test_two_daemons_of_one_name_that_tell_each_other_at_once_keep_the_older() -> None:
+    # The race the daemon test once lost: an impostor starts 0.5 s after the holder, each
+    # hears the other's claim in the same instant and tells it "name conflict". Without a
+    # tie-break both exited.
+    net = GossipNet(0)
+    holder = net.add("a")
+    net.run_for(0.5)
+    impostor_core = net.add("a").core
+    holder_core = holder.core
+    now = net.now
+
+    def conflict_sent(core: object, claim: Announce, source: Address) -> NameConflict:
+        effects = core.handle(Received(msg=claim, sender="a", source=source), now)  # type: ignore[attr-defined]
+        [sent] = [e.msg for e in effects if isinstance(e, Send) and isinstance(e.msg, NameConflict)]
+        return sent
+
+    holder_addr, impostor_addr = holder_core.address, impostor_core.address
+    to_impostor = conflict_sent(holder_core, Announce(address=impostor_addr, incarnation=0),
+                                impostor_addr)
+    to_holder = conflict_sent(impostor_core, Announce(address=holder_addr, incarnation=0),
+                              holder_addr)
+    assert to_impostor.holder_uptime_s >= 0.5 > to_holder.holder_uptime_s >= 0.0
+    # Each now gets the other's NameConflict: only the younger one exits.
+    effects = holder_core.handle(Received(msg=to_holder, sender="a", source=impostor_addr), now)
+    assert not any(isinstance(e, Fatal) for e in effects)
+    assert holder_core.stats.name_conflicts_ignored == 1
+    effects = impostor_core.handle(Received(msg=to_impostor, sender="a", source=holder_addr), now)
+    assert any(isinstance(e, Fatal) for e in effects)
+    # A third party's word carries no age and stays final.
+    third = NameConflict(node="a", holder_address=impostor_addr)
+    effects = holder_core.handle(Received(msg=third, sender="b", source=impostor_addr), now)
+    assert any(isinstance(e, Fatal) for e in effects)
 
 
 def test_own_multicast_loopback_is_ignored() -> None:

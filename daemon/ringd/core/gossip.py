@@ -160,6 +160,7 @@ class GossipCore(GossipState):
         if self._started:
             return
         self._started = True
+        self._started_at = now
         me = self._me()
         me.state_since = now
         self._emit_changed(me, None)
@@ -229,12 +230,10 @@ class GossipCore(GossipState):
             case PushPull():
                 self._on_push_pull(msg, sender, source, now)
             case Announce():
-                self._on_announce(msg, sender, source)
+                self._on_announce(msg, sender, source, now)
             case NameConflict():
                 if msg.node == self.name:
-                    reason = f"name '{self.name}' is already used by a live daemon at {msg.holder_address}"
-                    self._out.append(Fatal(reason=reason))
-                    self._stopped = True
+                    self._on_name_conflict(msg, now)
             case _:
                 pass  # not a gossip message (Totem and others are routed elsewhere)
 
@@ -282,7 +281,7 @@ class GossipCore(GossipState):
     def _on_push_pull(self, msg: PushPull, sender: str, source: Address, now: float) -> None:
         self.stats.push_pulls_received += 1
         own = next((r for r in msg.members if r.node == sender), None)
-        if own is not None and self._conflicting(sender, own.address, own.incarnation, source):
+        if own is not None and self._conflicting(sender, own.address, own.incarnation, source, now):
             return
         for rec in msg.members:
             self._merge_record(rec, sender, now)
@@ -303,8 +302,8 @@ class GossipCore(GossipState):
             # does the same), so one stale view cannot kill a member we can reach.
             self._on_suspect(Suspect(node=rec.node, incarnation=rec.incarnation, source=sender), now)
 
-    def _on_announce(self, msg: Announce, sender: str, source: Address) -> None:
-        if self._conflicting(sender, msg.address, msg.incarnation, source):
+    def _on_announce(self, msg: Announce, sender: str, source: Address, now: float) -> None:
+        if self._conflicting(sender, msg.address, msg.incarnation, source, now):
             return
         m = self._members.get(sender)
         if (
@@ -316,7 +315,23 @@ class GossipCore(GossipState):
         ):
             self._send_push_pull(msg.address, join=True)
 
-    def _conflicting(self, claimant: str, address: Address, incarnation: int, source: Address) -> bool:
+    def _on_name_conflict(self, msg: NameConflict, now: float) -> None:
+        """Another daemon says it holds our name. Two daemons started under one name each
+        hear the other's claim and tell each other at once; the one that ran longer keeps
+        the name, else both would exit. A third party's word (no age) is final."""
+        uptime = now - self._started_at
+        if 0.0 <= msg.holder_uptime_s < uptime:
+            self.stats.name_conflicts_ignored += 1
+            self._log("warning", "name conflict: the other daemon is younger and yields",
+                      node=self.name, claimant=str(msg.holder_address),
+                      its_uptime_s=round(msg.holder_uptime_s, 3), our_uptime_s=round(uptime, 3))
+            return
+        reason = f"name '{self.name}' is already used by a live daemon at {msg.holder_address}"
+        self._out.append(Fatal(reason=reason))
+        self._stopped = True
+
+    def _conflicting(self, claimant: str, address: Address, incarnation: int, source: Address,
+                     now: float) -> bool:
         """A direct claim of a name (Announce, PushPull) that a live member holds at another
         address: tell the claimant (NameConflict) and ignore the claim."""
         if claimant == self.name:
@@ -330,7 +345,9 @@ class GossipCore(GossipState):
             assert m is not None
             holder = m.address
         self.stats.name_conflicts_sent += 1
-        self._send(source, NameConflict(node=claimant, holder_address=holder))
+        # Our own name: we are the holder and say how long we have run (see _on_name_conflict).
+        uptime = now - self._started_at if claimant == self.name else -1.0
+        self._send(source, NameConflict(node=claimant, holder_address=holder, holder_uptime_s=uptime))
         self._log("warning", "name conflict", node=claimant, holder=str(holder), claimant=str(source))
         return True
 

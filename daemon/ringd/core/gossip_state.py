@@ -99,6 +99,7 @@ class GossipStats:
     gossip_rounds: int = 0
     announces_sent: int = 0
     name_conflicts_sent: int = 0
+    name_conflicts_ignored: int = 0  # a younger daemon's NameConflict for our own name
     user_events_delivered: int = 0
     broadcasts_dropped: int = 0
     broadcast_queue_len: int = 0
@@ -181,6 +182,7 @@ class GossipState:
         self._seen_events: OrderedDict[tuple[str, int], None] = OrderedDict()
         self._leave: _Leave | None = None
         self._started = False
+        self._started_at = 0.0  # when Start came (our uptime settles name conflicts)
         self._stopped = False  # after Fatal
         self._next_probe_at = math.inf
         self._next_gossip_at = math.inf
@@ -210,7 +212,8 @@ class GossipState:
                 return  # leaving: our Left stands, nothing to refute
             if a.address != self.address:
                 self.stats.name_conflicts_sent += 1
-                self._send(a.address, NameConflict(node=self.name, holder_address=self.address))
+                self._send(a.address, NameConflict(node=self.name, holder_address=self.address,
+                                                   holder_uptime_s=now - self._started_at))
                 self._log("warning", "name conflict", node=self.name, claimant=str(a.address))
                 if must_refute(self.incarnation, a.incarnation):
                     self._refute(a.incarnation, now)  # reclaim our address in everyone's view

@@ -226,6 +226,8 @@ class DaemonCollector(Collector):
         yield _counter("ringd_gossip_rounds", "Gossip rounds run.", stats.gossip_rounds)
         yield _counter("ringd_gossip_announces", "Announce messages sent.", stats.announces_sent)
         yield _counter("ringd_gossip_name_conflicts", "Name conflict messages sent.", stats.name_conflicts_sent)
+        yield _counter("ringd_gossip_name_conflicts_ignored", "Name conflicts from a younger daemon "
+                       "under our own name, which yields to us.", stats.name_conflicts_ignored)
         yield _counter("ringd_gossip_user_events", "User events delivered.", stats.user_events_delivered)
         yield _counter("ringd_gossip_broadcasts_dropped", "Broadcasts dropped from a full queue.",
                        stats.broadcasts_dropped)
