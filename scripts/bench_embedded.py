@@ -29,7 +29,6 @@ import os
 import random
 import secrets
 import shutil
-import signal
 import struct
 import subprocess
 import sys
@@ -43,6 +42,8 @@ import trio
 from rich.console import Console
 from rich.table import Table
 
+from bench_ring import WORKERS, corosync_latency, kill_workers, pct
+from bench_ring_size import steal_ticks
 from ringd.client import MessageEvent, RingClient
 from ringd.embedded import open_node
 
@@ -50,20 +51,6 @@ SCRIPT = Path(__file__).resolve()
 STAMP = struct.Struct("!QI")  # send time (monotonic ns), sender index
 POLL_S = 0.01
 READY_TIMEOUT_S = 60.0
-PROCS: list[subprocess.Popen[bytes]] = []
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    return s[min(len(s) - 1, int(q * len(s)))]
-
-
-def steal_ticks() -> int:
-    with open("/proc/stat") as f:
-        fields = f.readline().split()
-    return int(fields[8]) if len(fields) > 8 else 0
 
 
 # --- the worker: one node's application --------------------------------------------------------
@@ -131,20 +118,8 @@ async def worker(a: argparse.Namespace) -> None:
 def spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
     with open(log, "ab") as fh:
         p = subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
-    PROCS.append(p)
+    WORKERS.append(p)
     return p
-
-
-def kill_all() -> None:
-    for p in PROCS:
-        if p.poll() is None:
-            p.send_signal(signal.SIGKILL)
-    for p in PROCS:
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
-    PROCS.clear()
 
 
 def wait_for(cond: Any, timeout_s: float, what: str, procs: list[subprocess.Popen[bytes]]) -> None:
@@ -195,23 +170,12 @@ def one_run(mode: str, n: int, a: argparse.Namespace, root: Path) -> dict[str, A
         lat = [x / 1e6 for name in names
                for x in json.loads((work / f"out-{name}.json").read_text())["latency_ns"]]
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGKILL)
-        for p in procs:
-            p.wait(timeout=10)
+        kill_workers(procs)
     sent = int(a.rate * a.latency_s) * len(senders)
     return {"mode": mode, "nodes": n, "senders": len(senders), "rate": a.rate, "size": a.size,
             "sent": sent, "deliveries": len(lat), "all_delivered": len(lat) == sent * n,
             "p50_ms": round(pct(lat, 0.5), 3), "p99_ms": round(pct(lat, 0.99), 3),
             "steal_s": round(steal_s, 2)}
-
-
-def corosync_latency(path: Path) -> dict[tuple[int, bool], tuple[float, float]]:
-    sys.path.insert(0, str(SCRIPT.parent))
-    from bench_ring import corosync_latency as parse  # the same parser as bench_ring.py
-
-    return parse(path)
 
 
 def main() -> None:
@@ -257,7 +221,7 @@ def main() -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
     finally:
-        kill_all()
+        kill_workers()
         shutil.rmtree(root, ignore_errors=True)
     table = Table(title=f"agreed latency, {a.size} B at {a.rate:g} msgs/s per sender")
     for col in ("nodes", "senders", "setup", "p50 ms", "p99 ms", "all delivered", "Corosync p50/p99",

@@ -152,11 +152,13 @@ TARGET = {"lat_p50_ms": 1.0, "lat_p99_ms": 5.0, "failover_s": 1.5, "join_s": 0.3
 WORKERS: list[subprocess.Popen[bytes]] = []  # every worker process started, killed at the end
 
 
-def kill_workers() -> None:
-    for p in WORKERS:
+def kill_workers(procs: list[subprocess.Popen[bytes]] | None = None) -> None:
+    """SIGKILL ``procs`` (default: every worker started) and reap them."""
+    procs = WORKERS if procs is None else procs
+    for p in procs:
         if p.poll() is None:
             p.send_signal(signal.SIGKILL)
-    for p in WORKERS:
+    for p in procs:
         try:
             p.wait(timeout=10)
         except subprocess.TimeoutExpired:
