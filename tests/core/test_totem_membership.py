@@ -51,12 +51,18 @@ def test_conflicting_views_converge_to_one_ring() -> None:
     assert sum(c.stats.consensus_timeouts for c in h.cores.values()) == 0
 
 
-def test_partitioned_rings_merge_with_a_commit_token_from_two_old_rings() -> None:
+def split_into_two_rings() -> Harness:
+    """Five cores in one ring, then partitioned into operational rings {a, b, c} and {d, e}."""
     h = Harness(["a", "b", "c", "d", "e"])
     h.run_until(h.operational_ring, timeout_s=3.0)
     h.partition({"a", "b", "c"}, {"d", "e"})
     h.run_until(lambda: h.operational_ring(["a", "b", "c"]) and h.operational_ring(["d", "e"]),
                 timeout_s=5.0)
+    return h
+
+
+def test_partitioned_rings_merge_with_a_commit_token_from_two_old_rings() -> None:
+    h = split_into_two_rings()
     left = h.cores["a"].ring_id
     right = h.cores["d"].ring_id
     assert left != right
@@ -98,11 +104,7 @@ def test_a_join_that_fails_us_does_not_reform_our_ring() -> None:
     # Two rings side by side (a partition). A leftover Join of the other side that lists us
     # as failed would only make us gather, fail its sender and form the same ring again; with
     # many members on a loaded host the two halves did that to each other every second.
-    h = Harness(["a", "b", "c", "d", "e"])
-    h.run_until(h.operational_ring, timeout_s=3.0)
-    h.partition({"a", "b", "c"}, {"d", "e"})
-    h.run_until(lambda: h.operational_ring(["a", "b", "c"]) and h.operational_ring(["d", "e"]),
-                timeout_s=5.0)
+    h = split_into_two_rings()
     a = h.cores["a"]
     ring = a.ring_id
     hostile = Join(proc=("a", "b", "c", "d", "e"), fail=("a", "b", "c"),

@@ -5,7 +5,7 @@ graceful leave, and one-line startup errors."""
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -33,15 +33,11 @@ def embedded_settings(daemons: ProcessRegistry, name: str) -> dict[str, Any]:
     return settings
 
 
-async def poll(condition: Any, what: str, timeout_s: float = TIMEOUT_S) -> None:
-    """Poll ``condition()`` (sync or async) until it is true, or fail after ``timeout_s``."""
+async def poll(condition: Callable[[], Awaitable[bool]], what: str,
+               timeout_s: float = TIMEOUT_S) -> None:
+    """Poll ``await condition()`` until it is true, or fail after ``timeout_s``."""
     with trio.move_on_after(timeout_s) as scope:
-        while True:
-            value = condition()
-            if hasattr(value, "__await__"):
-                value = await value
-            if value:
-                return
+        while not await condition():
             await trio.sleep(POLL_S)  # poll
     if scope.cancelled_caught:
         raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
@@ -93,7 +89,7 @@ async def test_embedded_node_shares_a_ring_and_its_order_with_a_daemon(daemons: 
                "d1 to see e1 left")
 
 
-def _group_size(ring: RingClient, size: int) -> Any:
+def _group_size(ring: RingClient, size: int) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
         return len((await ring.members("chat"))["chat"]) == size
     return check
@@ -112,7 +108,7 @@ async def test_embedded_node_startup_errors_are_one_line(daemons: ProcessRegistr
 
 
 async def test_an_error_in_the_block_stops_the_node_and_propagates_as_raised(
-        daemons: ProcessRegistry, tmp_path: Path) -> None:
+        daemons: ProcessRegistry) -> None:
     with pytest.raises(KeyError, match="boom"):
         async with open_node(embedded_settings(daemons, "e1")) as node:
             ring = await node.connect()

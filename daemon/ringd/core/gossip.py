@@ -345,9 +345,7 @@ class GossipCore(GossipState):
             assert m is not None
             holder = m.address
         self.stats.name_conflicts_sent += 1
-        # Our own name: we are the holder and say how long we have run (see _on_name_conflict).
-        uptime = now - self._started_at if claimant == self.name else -1.0
-        self._send(source, NameConflict(node=claimant, holder_address=holder, holder_uptime_s=uptime))
+        self._send(source, self._name_conflict(claimant, holder, now))
         self._log("warning", "name conflict", node=claimant, holder=str(holder), claimant=str(source))
         return True
 

@@ -206,14 +206,19 @@ class GossipState:
                 case UserEvent():
                     self._on_user_event(u, now)
 
+    def _name_conflict(self, node: str, holder: Address, now: float) -> NameConflict:
+        """What we tell a claimant of ``node``'s name: with our uptime when the name is ours
+        (the older of two daemons of one name keeps it), else no age (our word is final)."""
+        uptime = now - self._started_at if node == self.name else -1.0
+        return NameConflict(node=node, holder_address=holder, holder_uptime_s=uptime)
+
     def _on_alive(self, a: Alive, now: float) -> None:
         if a.node == self.name:
             if self._leave is not None:
                 return  # leaving: our Left stands, nothing to refute
             if a.address != self.address:
                 self.stats.name_conflicts_sent += 1
-                self._send(a.address, NameConflict(node=self.name, holder_address=self.address,
-                                                   holder_uptime_s=now - self._started_at))
+                self._send(a.address, self._name_conflict(self.name, self.address, now))
                 self._log("warning", "name conflict", node=self.name, claimant=str(a.address))
                 if must_refute(self.incarnation, a.incarnation):
                     self._refute(a.incarnation, now)  # reclaim our address in everyone's view

@@ -30,6 +30,16 @@ def setup_logging(node_name: str, level: str = "info") -> logging.Logger:
     return logger
 
 
+def embedded_logger(node_name: str, level: str = "info") -> logging.Logger:
+    """The logger of a node inside an application (``ringd.embedded``): ``ringd.<name>``,
+    left to the application's logging configuration; silent if it has none."""
+    logger = logging.getLogger(f"{LOGGER_NAME}.{node_name}")
+    logger.setLevel(level_number(level))
+    if not logger.handlers:
+        logger.addHandler(logging.NullHandler())
+    return logger
+
+
 def level_number(level: str) -> int:
     """Map a core ``Log.level`` string ("debug", "info", ...) to a logging level."""
     return getattr(logging, level.upper(), logging.INFO)

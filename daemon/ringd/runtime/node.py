@@ -53,7 +53,7 @@ from ringd.runtime.alarm import Alarm
 from ringd.runtime.api_types import ApiConnection, ApiRequest
 from ringd.runtime.control import ControlServer, ControlSocketError, ControlStats
 from ringd.runtime.keys import KeyService
-from ringd.runtime.logs import level_number, setup_logging
+from ringd.runtime.logs import embedded_logger, level_number, setup_logging
 from ringd.runtime.state_files import read_counter, write_counter
 from ringd.runtime.stream import SocketConnection
 from ringd.runtime.udp import UdpTransport, advertised_host, open_udp_transport
@@ -500,14 +500,7 @@ async def run_daemon(cfg: Config, *, embedded: bool = False,
     ``ringd.<name>`` logger, unconfigured), and a startup error is raised as
     :class:`StartupError` instead of being logged.
     """
-    if embedded:
-        log = logging.getLogger(f"ringd.{cfg.node_name}")
-        log.setLevel(level_number(cfg.log_level))
-        if not log.handlers:
-            # A library prints nothing unless the application configures logging.
-            log.addHandler(logging.NullHandler())
-    else:
-        log = setup_logging(cfg.node_name, cfg.log_level)
+    log = (embedded_logger if embedded else setup_logging)(cfg.node_name, cfg.log_level)
     control = ControlServer(cfg.socket_path, log, cfg.control_allow_users)
     transport: UdpTransport | None = None
     metrics: MetricsServer | None = None
