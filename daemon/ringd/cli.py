@@ -574,7 +574,8 @@ def keys_list(
     as_json: Annotated[bool, typer.Option("--json", help='JSON {"members": {name: {"primary", "keys", "error"}}, "missing": {name: why}}.')] = False,
     socket: Annotated[Path | None, typer.Option("--socket", help=SOCKET_HELP)] = None,
 ) -> None:
-    """Every member's installed keys and primary key (asked through the ring)."""
+    """Every member's installed keys and primary key (asked through the ring, and straight
+    of gossip-only observers)."""
     reply = _keys_request(socket, "list")
     if as_json:
         print(json.dumps({"members": reply["members"], "missing": reply["missing"]}))

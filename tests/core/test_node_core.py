@@ -17,6 +17,8 @@ from ringd.core.events import (
     Multicast,
     Persist,
     PublishInternal,
+    Received,
+    RelayInternal,
     Reply,
     Send,
     Start,
@@ -39,7 +41,7 @@ from ringd.core.requests import (
 )
 from ringd.core.totem_state import State
 from ringd.key_messages import KeyAck, KeyOp
-from ringd.messages import Address
+from ringd.messages import Address, Alive, Gossip, MemberState
 from ringd.totem_messages import Token
 from ringd.wire import Codec, decode_payload, encode_payload
 
@@ -213,3 +215,28 @@ def test_keyring_payloads_go_to_the_runtime_in_ring_order_not_to_groups() -> Non
     observer.active = False
     effects = observer.handle(PublishInternal(payload=encode_payload(op)), 0.0)
     assert any(type(e) is Log and "not in the ring" in e.text for e in effects)
+
+
+def test_keyring_messages_sent_straight_reach_observers_and_come_back() -> None:
+    """The way to gossip-only observers: a KeyOp or KeyAck datagram from a member gossip
+    knows goes to the runtime as relayed; one from a stranger is dropped and counted, and so
+    is a relay to a name gossip does not know."""
+    observer = make_node("c")
+    observer.handle(Start(), 0.0)
+    observer.active = False
+    b_at = Address(host="127.0.0.2", port=7)
+    alive = Alive(node="b", incarnation=1, address=b_at, tags={})
+    observer.handle(Received(msg=Gossip(piggyback=(alive,)), sender="b", source=b_at), 0.1)
+    assert any(v.name == "b" and v.state is MemberState.ALIVE for v in observer.gossip.members())
+    op = KeyOp(request="b/x/1", op="use", key_id="0011aabb", wrapped=b"", wrap_key_id="")
+    effects = observer.handle(Received(msg=op, sender="b", source=b_at), 0.2)
+    assert effects == [KeyMessageDelivered(origin="b", msg=op, members=(), relayed=True)]
+    assert observer.gossip.stats.msgs_received.get("KeyOp", 0) == 0  # not gossip's business
+
+    ack = KeyAck(request="b/x/1", node="c", error="", primary="0011aabb", keys=("0011aabb",))
+    assert observer.handle(RelayInternal(dest="b", msg=ack), 0.3) == [Send(dest=b_at, msg=ack)]
+
+    stranger = Address(host="127.0.0.9", port=9)
+    assert observer.handle(Received(msg=op, sender="x", source=stranger), 0.4) == []
+    assert observer.handle(RelayInternal(dest="x", msg=ack), 0.5) == []
+    assert observer.stats.key_relays_dropped == 2

@@ -28,12 +28,32 @@ OLD, NEW = bytes(range(32)), bytes(range(100, 132))
 LOG = logging.getLogger("test")
 
 
-def services(tmp: Path, names: tuple[str, ...]) -> dict[str, KeyService]:
+Relayed = list[tuple[str, str, KeyOp | KeyAck]]  # (from, to, message) sent straight
+
+
+def services(tmp: Path, names: tuple[str, ...], relayed: Relayed | None = None) -> dict[str, KeyService]:
     out = {}
     for name in names:
         (tmp / name).mkdir()
-        out[name] = KeyService(name, Keyring([OLD]), tmp / name / KEYRING_FILE, LOG)
+        relay = None if relayed is None else (
+            lambda dest, msg, src=name: relayed.append((src, dest, msg)))
+        out[name] = KeyService(name, Keyring([OLD]), tmp / name / KEYRING_FILE, LOG, relay=relay)
     return out
+
+
+def deliver_relayed(members: dict[str, KeyService], relayed: Relayed, reachable: set[str],
+                    copies: int = 1) -> None:
+    """What the node cores and the network do with ops and answers sent straight: each
+    reaches a daemon in ``reachable`` (``copies`` times), whose answer goes straight back."""
+    while relayed:
+        src, dest, msg = relayed.pop(0)
+        if dest not in reachable:
+            continue
+        for _ in range(copies):
+            ack = members[dest].on_delivered(
+                KeyMessageDelivered(origin=src, msg=msg, members=(), relayed=True))
+            if ack is not None:
+                relayed.append((dest, src, ack))
 
 
 def ring_deliver(members: dict[str, KeyService], origin: str, msg: KeyOp | KeyAck,
@@ -51,17 +71,26 @@ def ring_deliver(members: dict[str, KeyService], origin: str, msg: KeyOp | KeyAc
 
 
 async def run_op(members: dict[str, KeyService], origin: str, request: dict,
-                 ring: tuple[str, ...] | None = None, alive: tuple[str, ...] = ()) -> dict:
-    op = members[origin].prepare(request)
+                 ring: tuple[str, ...] | None = None, alive: tuple[str, ...] = (),
+                 relayed: Relayed | None = None, reachable: set[str] | None = None,
+                 copies: int = 1) -> dict:
+    op = members[origin].prepare(request, alive)
     async with trio.open_nursery() as nursery:
         result: dict = {}
 
         async def wait() -> None:
-            result.update(await members[origin].wait(op, list(alive)))
+            result.update(await members[origin].wait(op))
+            nursery.cancel_scope.cancel()
+
+        async def network() -> None:
+            while relayed is not None:
+                deliver_relayed(members, relayed, reachable or set(members), copies)
+                await trio.sleep(0.1)
 
         nursery.start_soon(wait)
         await trio.testing.wait_all_tasks_blocked()
         ring_deliver(members, origin, op, ring)
+        nursery.start_soon(network)
     return result
 
 
@@ -100,14 +129,62 @@ async def test_install_use_remove_through_the_ring(tmp_path: Path) -> None:
         assert again is not None and again.listing() == {"primary": new, "keys": [new]}
 
 
-async def test_members_that_do_not_answer_or_lack_the_key_are_named(tmp_path: Path) -> None:
-    members = services(tmp_path, ("a", "b", "c"))
-    # c is alive but not in the ring: it never gets the op.
+async def test_members_that_do_not_answer_or_lack_the_key_are_named(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    relayed: Relayed = []
+    members = services(tmp_path, ("a", "b", "c"), relayed)
+    # c is alive but not in the ring, and what is sent straight to it is lost.
     done = await run_op(members, "a", {"action": "use", "key_id": key_id(NEW)}, ring=("a", "b"),
-                        alive=("a", "b", "c"))
-    assert done["missing"] == {"c": "not in the ring"}
+                        alive=("a", "b", "c"), relayed=relayed, reachable={"a", "b"})
+    assert done["missing"] == {"c": "no answer (a gossip-only observer)"}
     assert all("not installed" in m["error"] for m in done["members"].values())
     assert members["a"].keyring.primary == key_id(OLD)  # nothing changed
+
+
+async def test_gossip_only_observers_get_every_op_straight_and_apply_it_once(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    relayed: Relayed = []
+    members = services(tmp_path, ("a", "b", "c", "d"), relayed)
+    ring, alive = ("a", "b"), ("a", "b", "c", "d")
+    old, new = key_id(OLD), key_id(NEW)
+    # Every relayed op reaches each observer twice (a resend that crossed its answer).
+    done = await run_op(members, "a", {"action": "install", "key": NEW.hex().encode()}, ring=ring,
+                        alive=alive, relayed=relayed, copies=2)
+    assert done["missing"] == {} and set(done["members"]) == set(alive)
+    assert all(m == {"error": "", "primary": old, "keys": sorted([old, new])}
+               for m in done["members"].values())
+    done = await run_op(members, "b", {"action": "use", "key_id": new}, ring=ring, alive=alive,
+                        relayed=relayed, copies=2)
+    assert {m["primary"] for m in done["members"].values()} == {new}
+    done = await run_op(members, "b", {"action": "remove", "key_id": old}, ring=ring, alive=alive,
+                        relayed=relayed, copies=2)
+    # A second copy of the remove, applied again, would answer "not installed".
+    assert done["missing"] == {} and all(m == {"error": "", "primary": new, "keys": [new]}
+                                         for m in done["members"].values()), done
+    for name in ("c", "d"):
+        assert Keyring.load(tmp_path / name / KEYRING_FILE).listing() == {"primary": new, "keys": [new]}
+
+
+async def test_an_observer_that_misses_the_first_copy_gets_a_resend(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    relayed: Relayed = []
+    members = services(tmp_path, ("a", "b", "c"), relayed)
+    op = members["a"].prepare({"action": "install", "key": NEW.hex().encode()}, ("a", "b", "c"))
+    async with trio.open_nursery() as nursery:
+        result: dict = {}
+
+        async def wait() -> None:
+            result.update(await members["a"].wait(op))
+
+        nursery.start_soon(wait)
+        await trio.testing.wait_all_tasks_blocked()
+        ring_deliver(members, "a", op, ("a", "b"))
+        assert [(src, dest) for src, dest, _ in relayed] == [("a", "c")]
+        relayed.clear()  # lost on the way
+        while not relayed:
+            await trio.sleep(0.1)
+        deliver_relayed(members, relayed, {"a", "b", "c"})
+    assert result["missing"] == {} and key_id(NEW) in result["members"]["c"]["keys"]
 
 
 async def test_bad_key_requests_are_refused_before_the_ring(tmp_path: Path) -> None:

@@ -139,3 +139,33 @@ def test_keys_without_a_key_and_unknown_key_ids_are_one_line_errors(
     wait_until(lambda: keyed.status()["totem"]["state"] == "operational", 30, "a ring of one")
     result = daemons.run_cli("keys", "use", "0badc0de", "--socket", str(keyed.socket))
     assert result.returncode != 0 and "not installed on" in result.stderr and "node2" in result.stderr
+
+
+def test_a_gossip_only_observer_rotates_with_the_ring(
+        daemons: ProcessRegistry, short_tmp: Path) -> None:
+    """A daemon beyond totem.ring_size_max is not in the ring, so keyring ops go to it
+    straight; after the rotation its gossip still reaches the members (under the new key)."""
+    old_path, new_path = short_tmp / "old.key", short_tmp / "new.key"
+    old = cli_ok(daemons, "keys", "generate", str(old_path)).strip()
+    new = cli_ok(daemons, "keys", "generate", str(new_path)).strip()
+    nodes = daemons.start_cluster(3, "--key-file", str(old_path),
+                                  "--set", "totem.ring_size_max=2", *STEADY)
+    wait_ring(nodes[:2])
+    observer = nodes[2]
+    wait_until(lambda: observer.status()["totem"]["state"] == "observer", 30, "node3 an observer")
+    via = ("--socket", str(nodes[0].socket))
+    assert f"install {new}: applied by 3 member(s)" in cli_ok(daemons, "keys", "install", str(new_path), *via)
+    assert f"use {new}: applied by 3 member(s)" in cli_ok(daemons, "keys", "use", new, *via)
+    assert f"remove {old}: applied by 3 member(s)" in cli_ok(daemons, "keys", "remove", old, *via)
+    listed = keys_list(daemons, nodes[1])
+    assert set(listed) == {"node1", "node2", "node3"}
+    assert all(m == {"primary": new, "keys": [new], "error": ""} for m in listed.values()), listed
+
+    # The observer now sends under the new key alone, and the members still accept it.
+    dropped = [d.status()["transport"]["dropped"].get("unknown_key", 0) for d in nodes]
+    acks = nodes[0].status()["gossip"]["msgs_received"].get("Ack", 0)
+    wait_until(lambda: nodes[0].status()["gossip"]["msgs_received"].get("Ack", 0) >= acks + 6,
+               30, "more probe rounds after the rotation")
+    assert [d.status()["transport"]["dropped"].get("unknown_key", 0) for d in nodes] == dropped
+    view = json.loads(cli_ok(daemons, "members", "--json", *via))
+    assert {m["name"]: m["state"] for m in view}["node3"] == "alive", view

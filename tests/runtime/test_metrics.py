@@ -140,7 +140,7 @@ GROUPS_FAMILIES = {
 }
 API_FAMILIES = {
     "ringd_control_connections_open": "gauge", "ringd_control_subscribers": "gauge",
-    "ringd_control_slow_subscribers_dropped": "counter",
+    "ringd_control_slow_subscribers_dropped": "counter", "ringd_keys_relays_dropped": "counter",
     "ringd_build_info": "gauge",  # an info metric; the text format has no info type
 }
 # Bounded label values of the new labelled families, all present from the first scrape.

@@ -72,6 +72,15 @@ class PublishInternal:
     payload: bytes
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RelayInternal:
+    """Send a keyring op or answer straight to ``dest``: the way to a gossip-only observer,
+    which the ring does not reach (and back from it)."""
+
+    dest: str
+    msg: Message
+
+
 Input = Received | Tick | Start | LeaveCluster | SetTags | SendUserEvent
 
 
@@ -155,11 +164,13 @@ class Persist:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class KeyMessageDelivered:
     """A keyring payload (:mod:`ringd.key_messages`) delivered in total order, by ``origin``,
-    while the ring had ``members``; the runtime applies it to the keyring."""
+    while the ring had ``members``; the runtime applies it to the keyring. ``relayed``: it
+    came straight from ``origin`` (:class:`RelayInternal`), not through the ring."""
 
     origin: str
     msg: Message
     members: tuple[str, ...]
+    relayed: bool = False
 
 
 Effect = Send | Multicast | MemberChanged | UserEventDelivered | LeaveDone | Fatal | Log

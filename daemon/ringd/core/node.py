@@ -56,6 +56,7 @@ from ringd.core.events import (
     Persist,
     PublishInternal,
     Received,
+    RelayInternal,
     Reply,
     Send,
     Tick,
@@ -132,6 +133,7 @@ class NodeStats:
     backpressure_holds: int = 0  # token visits held back for slow local subscribers
     observer_dropped: int = 0  # Totem datagrams ignored (from observers, or as one)
     unknown_destination: int = 0  # tokens we could not address (dropped)
+    key_relays_dropped: int = 0  # keyring ops or answers from, or for, a daemon gossip does not know
 
 
 @dataclass(slots=True)
@@ -314,8 +316,11 @@ class NodeCore:
     def _dispatch(self, event: Any, now: float) -> None:
         tp = type(event)
         if tp is Received:
-            if type(event.msg) in TOTEM_MESSAGE_TYPES:
+            mt = type(event.msg)
+            if mt in TOTEM_MESSAGE_TYPES:
                 self._totem_received(event, now)
+            elif mt is KeyOp or mt is KeyAck:
+                self._key_relay_received(event)
             else:
                 self._gossip(event, now)
         elif tp is Tick:
@@ -330,6 +335,12 @@ class NodeCore:
             self._quorum_request(event, now)
         elif tp is ClientGone:
             self._client_gone(event, now)
+        elif tp is RelayInternal:
+            address = self.addresses.get(event.dest)
+            if address is None:
+                self.stats.key_relays_dropped += 1
+            else:
+                self._out.append(Send(dest=address, msg=event.msg))
         elif tp is PublishInternal:
             if self.active:
                 self._publish(event.payload, None, now)
@@ -450,6 +461,15 @@ class NodeCore:
             why = "this daemon left the ring" if leaving else "this daemon became a gossip-only observer"
             for msg_id in list(self._published):
                 self._settle(msg_id, 0.0, refused=why)
+
+    def _key_relay_received(self, event: Received) -> None:
+        """A keyring op or answer sent straight to us (we are, or were, outside the ring):
+        accepted from a daemon gossip knows, which is also where an answer can go."""
+        if event.sender not in self.addresses or event.sender == self.name:
+            self.stats.key_relays_dropped += 1
+            return
+        self._out.append(KeyMessageDelivered(origin=event.sender, msg=event.msg,
+                                             members=(), relayed=True))
 
     def _totem_received(self, event: Received, now: float) -> None:
         sender = event.sender

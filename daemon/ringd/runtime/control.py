@@ -463,8 +463,9 @@ class ControlServer:
             await in_flight.wait_until_empty()
 
     async def _keys(self, daemon: DaemonView, request: dict[str, Any]) -> dict[str, Any]:
-        """A keyring op for the whole cluster: published on the ring, answered once every
-        ring member applied it (see :mod:`ringd.runtime.keys`)."""
+        """A keyring op for the whole cluster: published on the ring (and sent straight to
+        gossip-only observers), answered once every member applied it (see
+        :mod:`ringd.runtime.keys`)."""
         service = daemon.keys
         if service is None:
             self.stats.errors["bad_request"] += 1
@@ -474,15 +475,15 @@ class ControlServer:
             self.stats.errors["bad_request"] += 1
             return {"ok": False, "error": "this daemon is not in the ring (a gossip-only "
                     "observer); ask a ring member"}
+        alive = [v.name for v in daemon.node.gossip.members() if v.state is MemberState.ALIVE]
         try:
-            op = service.prepare(request)
+            op = service.prepare(request, alive)
         except KeyRequestError as exc:
             self.stats.errors["bad_request"] += 1
             return {"ok": False, "error": str(exc)}
         self.stats.requests["keys"] += 1
         await daemon.inbox_send.send(PublishInternal(payload=encode_payload(op)))
-        alive = [v.name for v in daemon.node.gossip.members() if v.state is MemberState.ALIVE]
-        return await service.wait(op, alive)
+        return await service.wait(op)
 
     def _dispatch(
         self, daemon: DaemonView, request: Any

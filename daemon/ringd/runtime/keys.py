@@ -8,6 +8,13 @@ with a :class:`~ringd.key_messages.KeyAck`, also through the ring. The requestin
 collects the answers of the members the ring had when its op was delivered, and replies
 once all have answered or :data:`KEY_OP_TIMEOUT_S` has passed.
 
+Gossip-only observers (daemons beyond ``totem.ring_size_max``) are not in the ring, so the
+requesting daemon also sends them the op straight, as soon as the ring delivered it, and
+again every :data:`KEY_RELAY_RESEND_S` until they answer (straight back) or the op times
+out. They apply it when it arrives, not at the ring's point of order: they take no part in
+ordered delivery, and every member accepts every installed key, so nothing is lost. Each
+daemon remembers its last answers by request id, so a resent op is applied once.
+
 Why a rotation loses nothing: every member accepts every installed key, and the key id in
 each header picks the key. ``use`` is only sent once ``list`` shows every member holds the
 key (the CLI checks), and it is answered only once every member switched; so by the time
@@ -16,8 +23,11 @@ an operator removes the old key, no member sends with it any more.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
+import secrets
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -27,10 +37,15 @@ import trio
 from ringd.core.events import KeyMessageDelivered
 from ringd.key_messages import KEY_OPS, KeyAck, KeyOp
 from ringd.keyring import Keyring, KeyringError, key_id, parse_key, unwrap_key, wrap_key
+from ringd.messages import Message
 
 # Longest wait for every ring member's answer to a keyring op.
 KEY_OP_TIMEOUT_S: Final = 5.0
+# How often an op is sent again to the observers that have not answered it yet.
+KEY_RELAY_RESEND_S: Final = 0.5
 PENDING_OPS_MAX: Final = 64
+# Answers remembered by request id (a relayed op may arrive more than once).
+ANSWERED_MAX: Final = 256
 
 
 class KeyRequestError(Exception):
@@ -39,8 +54,9 @@ class KeyRequestError(Exception):
 
 @dataclass(slots=True)
 class _Pending:
-    op: str
-    expected: frozenset[str] | None = None  # the ring members when our op was delivered
+    alive: frozenset[str]  # gossip's alive members when the op was asked for
+    expected: frozenset[str] | None = None  # who must answer, once the ring delivered our op
+    observers: frozenset[str] = frozenset()  # those of them outside the ring (sent straight)
     acks: dict[str, KeyAck] = field(default_factory=dict)
     done: trio.Event = field(default_factory=trio.Event)
 
@@ -52,18 +68,26 @@ class _Pending:
 class KeyService:
     """The keyring of one daemon and its online changes."""
 
-    def __init__(self, name: str, keyring: Keyring, path: Path, log: logging.Logger) -> None:
+    def __init__(self, name: str, keyring: Keyring, path: Path, log: logging.Logger,
+                 relay: Callable[[str, Message], None] | None = None) -> None:
+        """``relay(dest, msg)`` sends an op or an answer straight to another daemon."""
         self.name = name
         self.keyring = keyring
         self.path = path
         self.log = log
+        self._relay = relay if relay is not None else (lambda dest, msg: None)
+        # Request ids must not repeat across restarts: an observer remembers answers by id.
+        self._run_id = secrets.token_hex(4)
         self._ids = itertools.count(1)
         self._pending: dict[str, _Pending] = {}
+        self._answered: collections.OrderedDict[str, KeyAck] = collections.OrderedDict()
 
     # --- the requesting side -------------------------------------------------------------
 
-    def prepare(self, request: dict[str, Any]) -> KeyOp:
-        """The op a control request asks for; :class:`KeyRequestError` if it is malformed."""
+    def prepare(self, request: dict[str, Any], alive: Iterable[str] = ()) -> KeyOp:
+        """The op a control request asks for; :class:`KeyRequestError` if it is malformed.
+        ``alive``: the members gossip sees alive now; those the ring does not reach get the
+        op straight."""
         op = request.get("action")
         if op not in KEY_OPS:
             raise KeyRequestError(f"'action' must be one of {', '.join(KEY_OPS)}")
@@ -85,16 +109,21 @@ class KeyService:
             kid = request.get("key_id")
             if type(kid) is not str or len(kid) != 8 or any(c not in "0123456789abcdef" for c in kid):
                 raise KeyRequestError(f"{op}: 'key_id' must be 8 lower-case hex digits")
-        request_id = f"{self.name}/{next(self._ids)}"
-        self._pending[request_id] = _Pending(op=op)
-        return KeyOp(request=request_id, op=op, key_id=kid, wrapped=wrapped, wrap_key_id=wrap_id)
+        request_id = f"{self.name}/{self._run_id}/{next(self._ids)}"
+        key_op = KeyOp(request=request_id, op=op, key_id=kid, wrapped=wrapped, wrap_key_id=wrap_id)
+        self._pending[request_id] = _Pending(alive=frozenset(alive))
+        return key_op
 
-    async def wait(self, op: KeyOp, alive: list[str]) -> dict[str, Any]:
+    async def wait(self, op: KeyOp) -> dict[str, Any]:
         """The reply to a published op: every answer, and who did not answer in time."""
         pending = self._pending[op.request]
         try:
             with trio.move_on_after(KEY_OP_TIMEOUT_S):
-                await pending.done.wait()
+                while not pending.done.is_set():
+                    with trio.move_on_after(KEY_RELAY_RESEND_S):
+                        await pending.done.wait()
+                    for node in sorted(pending.observers - pending.acks.keys()):
+                        self._relay(node, op)
         finally:
             del self._pending[op.request]
         expected = pending.expected
@@ -103,9 +132,8 @@ class KeyService:
                     f"ring within {KEY_OP_TIMEOUT_S:g} s (is the ring forming?)"}
         members = {node: {"error": ack.error, "primary": ack.primary, "keys": list(ack.keys)}
                    for node, ack in sorted(pending.acks.items())}
-        missing = {node: "no answer" for node in sorted(expected - pending.acks.keys())}
-        missing.update({node: "not in the ring" for node in sorted(alive)
-                        if node not in expected and node not in members})
+        missing = {node: "no answer (a gossip-only observer)" if node in pending.observers
+                   else "no answer" for node in sorted(expected - pending.acks.keys())}
         return {"ok": True, "op": op.op, "key_id": op.key_id, "members": members,
                 "missing": missing}
 
@@ -121,11 +149,18 @@ class KeyService:
                 pending.check()
             return None
         assert type(msg) is KeyOp
-        if eff.origin == self.name:
+        if eff.origin == self.name and not eff.relayed:
             pending = self._pending.get(msg.request)
             if pending is not None:
-                pending.expected = frozenset(eff.members) | {self.name}
+                ring = frozenset(eff.members) | {self.name}
+                pending.observers = pending.alive - ring
+                pending.expected = ring | pending.observers
+                for node in sorted(pending.observers):
+                    self._relay(node, msg)
                 pending.check()
+        answered = self._answered.get(msg.request)
+        if answered is not None:  # a resent relay, or the ring's copy after a relayed one
+            return answered
         error = self._apply(msg)
         if error:
             self.log.warning("keyring %s %s from %s not applied: %s", msg.op, msg.key_id,
@@ -134,8 +169,12 @@ class KeyService:
             self.log.info("keyring %s %s (from %s): primary %s, keys %s", msg.op, msg.key_id,
                           eff.origin, self.keyring.primary, ",".join(sorted(self.keyring.keys)))
         listing = self.keyring.listing()
-        return KeyAck(request=msg.request, node=self.name, error=error,
-                      primary=str(listing["primary"]), keys=tuple(sorted(self.keyring.keys)))
+        ack = KeyAck(request=msg.request, node=self.name, error=error,
+                     primary=str(listing["primary"]), keys=tuple(sorted(self.keyring.keys)))
+        self._answered[msg.request] = ack
+        if len(self._answered) > ANSWERED_MAX:
+            self._answered.popitem(last=False)
+        return ack
 
     def _apply(self, msg: KeyOp) -> str:
         keyring = self.keyring

@@ -416,6 +416,10 @@ class DaemonCollector(Collector):
         ops = sorted(set(KNOWN_OPS) | set(stats.requests))
         yield _labelled_counter("ringd_control_requests", "Control requests answered, by op.", "op",
                                 ((op, stats.requests[op]) for op in ops))
+        yield _counter("ringd_keys_relays_dropped",
+                       "Keyring ops or answers sent straight between daemons (the way to "
+                       "gossip-only observers) dropped: from or for a daemon gossip does not "
+                       "know.", self._daemon.node.stats.key_relays_dropped)
         kinds = sorted(set(CONTROL_ERROR_KINDS) | set(stats.errors))
         yield _labelled_counter("ringd_control_errors", "Control requests refused, by kind.", "kind",
                                 ((k, stats.errors[k]) for k in kinds))

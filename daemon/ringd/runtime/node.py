@@ -37,6 +37,7 @@ from ringd.core.events import (
     Multicast,
     Persist,
     PublishInternal,
+    RelayInternal,
     Reply,
     Send,
     Start,
@@ -234,7 +235,8 @@ class Daemon:
         # The keyring and its online changes; None without key_file.
         self.keys: KeyService | None = None
         if codec.keyring is not None:
-            self.keys = KeyService(node.name, codec.keyring, cfg.state_path / KEYRING_FILE, log)
+            self.keys = KeyService(node.name, codec.keyring, cfg.state_path / KEYRING_FILE, log,
+                                   relay=self._relay)
 
     @property
     def uptime_s(self) -> float:
@@ -372,6 +374,14 @@ class Daemon:
         ready.extend(batch)
         return ready.popleft()
 
+    def _relay(self, dest: str, msg: Any) -> None:
+        """Send a keyring op or answer straight to ``dest`` (see :mod:`ringd.runtime.keys`);
+        with the inbox full it is not sent, and the op's resend covers it."""
+        try:
+            self.inbox_send.send_nowait(RelayInternal(dest=dest, msg=msg))
+        except trio.WouldBlock:
+            pass
+
     def wake(self) -> None:
         """Another task queued an event: end the driver's park."""
         self.alarm.ring()
@@ -423,8 +433,10 @@ class Daemon:
                     continue
                 ack = self.keys.on_delivered(effect)
                 if ack is not None:
-                    # Answer at the next turn of the driver (we are inside one now).
-                    self._ready.append(PublishInternal(payload=encode_payload(ack)))
+                    # Answer at the next turn of the driver (we are inside one now), the way
+                    # the op came: through the ring, or straight back to a relaying member.
+                    self._ready.append(RelayInternal(dest=effect.origin, msg=ack) if effect.relayed
+                                       else PublishInternal(payload=encode_payload(ack)))
             elif tp is UserEventDelivered:
                 self.log.debug("user event %s from %s (ltime %d)", effect.name, effect.origin, effect.ltime)
                 self.recent_events.append({"origin": effect.origin, "ltime": effect.ltime,
