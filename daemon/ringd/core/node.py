@@ -236,6 +236,13 @@ class NodeCore:
         return self._hold_until == math.inf
 
     @property
+    def turn_pending(self) -> bool:
+        """Work for the very next turn that waits for nothing: our own multicasts, handed
+        back to Totem once they are out. A driver may give it a :class:`Tick` as soon as
+        the current effects are executed, before it reads more input."""
+        return bool(self._loopback) and self._hold_until == math.inf
+
+    @property
     def incarnation(self) -> int:
         return self.gossip.incarnation
 

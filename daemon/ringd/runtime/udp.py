@@ -84,6 +84,7 @@ class UdpTransport:
         self._poller = select.epoll()
         for sock in self._sockets:
             self._poller.register(sock.fileno(), select.EPOLLIN)
+        self._socket_fds = [(sock.fileno(), sock) for sock in self._sockets]
         self._group = (net.multicast_group, net.multicast_port)
         host, port = unicast.getsockname()[:2]
         self.local_address = Address(host=host, port=port)
@@ -133,11 +134,18 @@ class UdpTransport:
 
         Undecodable datagrams are counted in ``stats.dropped`` and left out; those from
         :attr:`ignored_sources` are counted and left out unread."""
+        # One epoll_wait says which sockets have data: cheaper than a failing read on each.
+        ready = self._poller.poll(0)
+        if not ready:
+            return []
+        readable = {fd for fd, _ in ready}
         stats = self.stats
         addresses = self._addresses
         ignored = self.ignored_sources
         out: list[Received] = []
-        for sock in self._sockets:
+        for fd, sock in self._socket_fds:
+            if fd not in readable:
+                continue
             for _ in range(limit):
                 try:
                     data, source = sock.recvfrom(RECV_BYTES_MAX)
