@@ -42,7 +42,7 @@ from ringd.core.requests import (
 from ringd.core.totem_state import State
 from ringd.key_messages import KeyAck, KeyOp
 from ringd.messages import Address, Alive, Gossip, MemberState
-from ringd.totem_messages import Token
+from ringd.totem_messages import Chunk, Mcast, Token
 from ringd.wire import Codec, decode_payload, encode_payload
 
 
@@ -240,3 +240,21 @@ def test_keyring_messages_sent_straight_reach_observers_and_come_back() -> None:
     assert observer.handle(Received(msg=op, sender="x", source=stranger), 0.4) == []
     assert observer.handle(RelayInternal(dest="x", msg=ack), 0.5) == []
     assert observer.stats.key_relays_dropped == 2
+
+
+def test_totem_datagrams_that_name_us_as_sender_are_dropped() -> None:
+    """Our own multicasts come back through the loopback, never as input. A forged one on
+    our ring of one was stored, and the ring's token, never quiet again, spun without end."""
+    node, now, _ = alone_and_operational()
+    forged = Address(host="127.0.0.9", port=9)
+    for seq in (1, 2, 3):
+        mcast = Mcast(ring_id=node.ring_id, seq=seq, origin="a", safe=False,
+                      chunks=(Chunk(msg_id=seq, safe=False, index=0, count=1, data=b"x"),))
+        assert node.handle(Received(msg=mcast, sender="a", source=forged), now) == []
+    assert node.stats.own_name_dropped == 3
+    ticks = 0
+    while node.next_deadline() <= now + 5.0 and ticks < 10_000:
+        node.handle(Tick(), max(now, node.next_deadline()))
+        ticks += 1
+    assert ticks < 10_000, "the token of our ring of one spins"
+    assert node.totem.stats.token_held >= 1

@@ -4,6 +4,8 @@ whole, and never crash."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from fuzz_targets import SEPARATOR, TARGETS, Checker
@@ -66,6 +68,11 @@ CASES = [
      "invalid TOML"),
     # An unknown key with a newline (a quoted TOML key) made a two-line error.
     ("config", b'"a\\nb" = 1\n', "unknown key"),
+    # Multicasts that named our node as their sender, on its ring of one: stored, they left
+    # the ring's token with an aru past its seq, so it was never held and the ring of one
+    # passed it to itself without end, each turn due at once (found by atheris as a hang).
+    ("node_core", (Path(__file__).parent / "cases" / "node_core-own-name-token-spin.bin").read_bytes(),
+     None),
 ]
 
 

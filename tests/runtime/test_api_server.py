@@ -261,7 +261,8 @@ def test_status_shows_the_ring_and_groups_of_the_node_core() -> None:
     assert out["name"] == "node1"
     assert out["totem"]["state"] in ("gather", "commit") and out["totem"]["members"] == []
     assert out["totem"]["driver"] == {"backpressure_holds": 0, "observer_dropped": 0,
-                                      "unknown_destination": 0, "key_relays_dropped": 0}
+                                      "unknown_destination": 0, "key_relays_dropped": 0,
+                                      "own_name_dropped": 0}
     assert out["totem"]["stats"]["app_sent"] == 1  # the join's payload went to Totem
     # Not delivered yet (no ring): the group view is still empty, the local request is not.
     assert out["groups"]["groups"] == {} and out["control"]["subscribers"] == 0

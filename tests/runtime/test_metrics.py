@@ -126,6 +126,7 @@ TOTEM_FAMILIES = {
     "ringd_totem_token_hold_cancels": "counter", "ringd_totem_token_jumps": "counter",
     "ringd_totem_throttled_visits": "counter", "ringd_totem_backpressure_holds": "counter",
     "ringd_totem_observer_datagrams_dropped": "counter", "ringd_totem_unicasts_unaddressed": "counter",
+    "ringd_totem_own_name_datagrams_dropped": "counter",
     "ringd_totem_membership_messages_sent": "counter",
     "ringd_totem_membership_messages_received": "counter", "ringd_totem_rings_formed": "counter",
     "ringd_totem_foreign_messages": "counter", "ringd_totem_flap_hints_ignored": "counter",

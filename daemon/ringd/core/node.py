@@ -134,6 +134,7 @@ class NodeStats:
     observer_dropped: int = 0  # Totem datagrams ignored (from observers, or as one)
     unknown_destination: int = 0  # tokens we could not address (dropped)
     key_relays_dropped: int = 0  # keyring ops or answers from, or for, a daemon gossip does not know
+    own_name_dropped: int = 0  # Totem datagrams that name us as their sender (forged)
 
 
 @dataclass(slots=True)
@@ -480,6 +481,12 @@ class NodeCore:
 
     def _totem_received(self, event: Received, now: float) -> None:
         sender = event.sender
+        if sender == self.name:
+            # Our own multicasts come back through _flush_loopback, never as input: this one
+            # is forged (or from a daemon misusing our name). Taken, a forged multicast on
+            # our ring of one made its token spin without end (found by fuzzing).
+            self.stats.own_name_dropped += 1
+            return
         if not self.started or not self.active or (
                 sender not in self.eligible and sender in self.addresses):
             # A known member beyond the ring size (or we are one): not part of the ring.

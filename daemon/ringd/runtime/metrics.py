@@ -322,6 +322,9 @@ class DaemonCollector(Collector):
                        "Totem datagrams ignored: from a gossip-only observer (beyond "
                        "totem.ring_size_max), or received while this node is one.",
                        driver.observer_dropped)
+        yield _counter("ringd_totem_own_name_datagrams_dropped",
+                       "Totem datagrams dropped because they name this daemon as their sender "
+                       "(forged, or a daemon misusing its name).", driver.own_name_dropped)
         yield _counter("ringd_totem_unicasts_unaddressed",
                        "Totem unicasts (tokens, commit tokens) dropped because the "
                        "destination's address was not known yet.", driver.unknown_destination)
