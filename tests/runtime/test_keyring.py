@@ -97,7 +97,7 @@ async def run_op(members: dict[str, KeyService], origin: str, request: dict,
 async def test_install_use_remove_through_the_ring(tmp_path: Path) -> None:
     members = services(tmp_path, ("a", "b", "c"))
     old, new = key_id(OLD), key_id(NEW)
-    done = await run_op(members, "a", {"action": "install", "key": NEW.hex().encode()})
+    done = await run_op(members, "a", {"action": "install", "key": NEW})
     assert done["missing"] == {} and all(not m["error"] for m in done["members"].values())
     assert all(m["keys"] == sorted([old, new]) and m["primary"] == old for m in done["members"].values())
 
@@ -148,7 +148,7 @@ async def test_gossip_only_observers_get_every_op_straight_and_apply_it_once(
     ring, alive = ("a", "b"), ("a", "b", "c", "d")
     old, new = key_id(OLD), key_id(NEW)
     # Every relayed op reaches each observer twice (a resend that crossed its answer).
-    done = await run_op(members, "a", {"action": "install", "key": NEW.hex().encode()}, ring=ring,
+    done = await run_op(members, "a", {"action": "install", "key": NEW}, ring=ring,
                         alive=alive, relayed=relayed, copies=2)
     assert done["missing"] == {} and set(done["members"]) == set(alive)
     assert all(m == {"error": "", "primary": old, "keys": sorted([old, new])}
@@ -169,7 +169,7 @@ async def test_an_observer_that_misses_the_first_copy_gets_a_resend(
         tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
     relayed: Relayed = []
     members = services(tmp_path, ("a", "b", "c"), relayed)
-    op = members["a"].prepare({"action": "install", "key": NEW.hex().encode()}, ("a", "b", "c"))
+    op = members["a"].prepare({"action": "install", "key": NEW}, ("a", "b", "c"))
     async with trio.open_nursery() as nursery:
         result: dict = {}
 
@@ -185,6 +185,16 @@ async def test_an_observer_that_misses_the_first_copy_gets_a_resend(
             await trio.sleep(0.1)
         deliver_relayed(members, relayed, {"a", "b", "c"})
     assert result["missing"] == {} and key_id(NEW) in result["members"]["c"]["keys"]
+
+
+async def test_a_key_that_starts_or_ends_with_a_whitespace_byte_is_installed_as_it_is(
+        tmp_path: Path) -> None:
+    """The client sends the key it read from its file; the daemon parsed it again as file
+    contents and stripped it, installing another key (one random key in about 20)."""
+    members = services(tmp_path, ("a", "b"))
+    for key in (b" " + bytes(range(40, 71)), bytes(range(40, 71)) + b"\n"):
+        done = await run_op(members, "a", {"action": "install", "key": key})
+        assert all(key_id(key) in m["keys"] and not m["error"] for m in done["members"].values()), done
 
 
 async def test_bad_key_requests_are_refused_before_the_ring(tmp_path: Path) -> None:

@@ -92,7 +92,7 @@ def test_rotation_under_load_loses_nothing_and_causes_no_reconfiguration(
     via = ("--socket", str(nodes[2].socket))
     assert f"install {new}: applied by 3 member(s)" in cli_ok(daemons, "keys", "install", str(new_path), *via)
     listed = keys_list(daemons, nodes[0])
-    assert all(m["primary"] == old and m["keys"] == sorted([old, new]) for m in listed.values())
+    assert all(m["primary"] == old and m["keys"] == sorted([old, new]) for m in listed.values()), (old, new, listed)
     refused = daemons.run_cli("keys", "remove", old, *via)  # the primary key
     assert refused.returncode != 0 and "node1 (key" in refused.stderr and "primary key" in refused.stderr
     assert f"use {new}: applied by 3 member(s)" in cli_ok(daemons, "keys", "use", new, *via)

@@ -36,7 +36,15 @@ import trio
 
 from ringd.core.events import KeyMessageDelivered
 from ringd.key_messages import KEY_OPS, KeyAck, KeyOp
-from ringd.keyring import Keyring, KeyringError, key_id, parse_key, unwrap_key, wrap_key
+from ringd.keyring import (
+    KEY_BYTES_MAX,
+    KEY_BYTES_MIN,
+    Keyring,
+    KeyringError,
+    key_id,
+    unwrap_key,
+    wrap_key,
+)
 from ringd.messages import Message
 
 # Longest wait for every ring member's answer to a keyring op.
@@ -95,13 +103,16 @@ class KeyService:
             raise KeyRequestError("too many keyring requests in progress, try again")
         kid, wrapped, wrap_id = "", b"", ""
         if op == "install":
-            raw = request.get("key")
-            if type(raw) is not bytes:
+            key = request.get("key")
+            if type(key) is not bytes:
                 raise KeyRequestError("install: 'key' must be bytes")
-            try:
-                key = parse_key(raw, "install")
-            except Exception as exc:  # KeyFileError: one line
-                raise KeyRequestError(str(exc)) from None
+            # The key itself, as the client read it from its file: not file contents to
+            # parse again (stripping "whitespace" would change a key that starts or ends
+            # with such a byte, one random key in 20).
+            if len(key) < KEY_BYTES_MIN:
+                raise KeyRequestError(f"install: key has {len(key)} bytes, need at least {KEY_BYTES_MIN}")
+            if len(key) > KEY_BYTES_MAX:
+                raise KeyRequestError(f"install: key has {len(key)} bytes, at most {KEY_BYTES_MAX}")
             kid = key_id(key)
             wrap_id = self.keyring.primary
             wrapped = wrap_key(self.keyring.primary_key, key)
