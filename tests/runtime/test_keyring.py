@@ -21,7 +21,7 @@ from ringd.keyring import (
     key_id,
     load_key,
 )
-from ringd.runtime.keys import KeyRequestError, KeyService
+from ringd.runtime.keys import KEY_RELAY_RESEND_S, KeyRequestError, KeyService
 from ringd.wire import Codec, DropReason, WireError
 
 OLD, NEW = bytes(range(32)), bytes(range(100, 132))
@@ -83,9 +83,10 @@ async def run_op(members: dict[str, KeyService], origin: str, request: dict,
             nursery.cancel_scope.cancel()
 
         async def network() -> None:
+            # The network under the test's fake clock: it carries what was sent since.
             while relayed is not None:
                 deliver_relayed(members, relayed, reachable or set(members), copies)
-                await trio.sleep(0.1)
+                await trio.sleep(0.1)  # poll
 
         nursery.start_soon(wait)
         await trio.testing.wait_all_tasks_blocked()
@@ -181,8 +182,9 @@ async def test_an_observer_that_misses_the_first_copy_gets_a_resend(
         ring_deliver(members, "a", op, ("a", "b"))
         assert [(src, dest) for src, dest, _ in relayed] == [("a", "c")]
         relayed.clear()  # lost on the way
-        while not relayed:
-            await trio.sleep(0.1)
+        with trio.fail_after(2 * KEY_RELAY_RESEND_S):  # fake clock: the resend is due by then
+            while not relayed:
+                await trio.sleep(0.01)  # poll
         deliver_relayed(members, relayed, {"a", "b", "c"})
     assert result["missing"] == {} and key_id(NEW) in result["members"]["c"]["keys"]
 
