@@ -78,11 +78,16 @@ def parse_key(raw: bytes, where: str) -> bytes:
         kind = "hex"
     except (UnicodeDecodeError, ValueError):
         pass
-    if len(key) < KEY_BYTES_MIN:
-        raise KeyFileError(f"{where}: {kind} key has {len(key)} bytes, need at least {KEY_BYTES_MIN}")
-    if len(key) > KEY_BYTES_MAX:
-        raise KeyFileError(f"{where}: {kind} key has {len(key)} bytes, at most {KEY_BYTES_MAX}")
+    check_key_size(key, f"{where}: {kind} key")
     return key
+
+
+def check_key_size(key: bytes, what: str) -> None:
+    """KeyFileError (one line, starting with ``what``) unless ``key`` has an allowed size."""
+    if len(key) < KEY_BYTES_MIN:
+        raise KeyFileError(f"{what} has {len(key)} bytes, need at least {KEY_BYTES_MIN}")
+    if len(key) > KEY_BYTES_MAX:
+        raise KeyFileError(f"{what} has {len(key)} bytes, at most {KEY_BYTES_MAX}")
 
 
 def load_key(path: str | Path) -> bytes:

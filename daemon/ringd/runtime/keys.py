@@ -37,10 +37,10 @@ import trio
 from ringd.core.events import KeyMessageDelivered
 from ringd.key_messages import KEY_OPS, KeyAck, KeyOp
 from ringd.keyring import (
-    KEY_BYTES_MAX,
-    KEY_BYTES_MIN,
+    KeyFileError,
     Keyring,
     KeyringError,
+    check_key_size,
     key_id,
     unwrap_key,
     wrap_key,
@@ -109,10 +109,10 @@ class KeyService:
             # The key itself, as the client read it from its file: not file contents to
             # parse again (stripping "whitespace" would change a key that starts or ends
             # with such a byte, one random key in 20).
-            if len(key) < KEY_BYTES_MIN:
-                raise KeyRequestError(f"install: key has {len(key)} bytes, need at least {KEY_BYTES_MIN}")
-            if len(key) > KEY_BYTES_MAX:
-                raise KeyRequestError(f"install: key has {len(key)} bytes, at most {KEY_BYTES_MAX}")
+            try:
+                check_key_size(key, "install: key")
+            except KeyFileError as exc:
+                raise KeyRequestError(str(exc)) from None
             kid = key_id(key)
             wrap_id = self.keyring.primary
             wrapped = wrap_key(self.keyring.primary_key, key)
