@@ -102,6 +102,19 @@ def test_own_broadcasts_go_out_and_come_back_without_the_network() -> None:
     assert node.latency_safe.count == 1
 
 
+@pytest.mark.parametrize("data", [(b"",), (b"", b"x"), (b"x", b"", b"")], ids=["one", "first", "later"])
+def test_empty_messages_are_ordered_and_delivered(data: tuple[bytes, ...]) -> None:
+    """An empty first message used to crash the daemon (IndexError while packing)."""
+    node, now, _ = alone_and_operational()
+    node.handle(JoinGroup(conn=1, pid=7, request_id=1, group="g"), now)
+    effects = node.handle(SendMessages(conn=1, pid=7, request_id=2, group="g", data=data), now)
+    assert Reply(request_id=2, body={"ok": True, "count": len(data)}) in effects
+    out: list[Any] = list(effects)
+    run_until(node, now, now + 1.0, out)
+    frames = [e.frame for e in out if type(e) is ToClient and e.frame["ev"] == "message"]
+    assert [m for f in frames for m in f["data"]] == list(data)
+
+
 def test_ring_seq_and_incarnation_are_persisted_as_effects() -> None:
     node, _, out = alone_and_operational()
     seqs = [e.value for e in out if type(e) is Persist and e.key == "ring_seq"]

@@ -742,11 +742,11 @@ class NodeCore:
                                          self.quorum.refusal(req.group, req.safe)})
             return
         limit = self.cfg.totem.message_bytes_max
-        for item in req.data:
-            if len(item) > limit:
-                self._reply(req.request_id, {"ok": False, "error": f"message of {len(item)} bytes "
-                                             f"exceeds totem.message_bytes_max ({limit})"})
-                return
+        longest = max(map(len, req.data), default=0)
+        if longest > limit:
+            self._reply(req.request_id, {"ok": False, "error": f"message of {longest} bytes "
+                                         f"exceeds totem.message_bytes_max ({limit})"})
+            return
         # Behind parked sends too: a connection may have several sends in flight, and
         # a later one must not overtake an earlier one that waits for room.
         if self.unordered_bytes >= UNORDERED_BYTES_MAX or self._parked:
@@ -760,9 +760,11 @@ class NodeCore:
 
     def _publish_send(self, req: SendMessages, now: float) -> None:
         batches: list[list[bytes]] = []
-        size = PUBLISH_BYTES_TARGET
+        size = 0
         for item in req.data:
-            if size + len(item) > PUBLISH_BYTES_TARGET:
+            # A new payload when this one is full, and for the first message (even an empty
+            # one: a first b"" used to find no payload to join, and crashed the daemon).
+            if not batches or size + len(item) > PUBLISH_BYTES_TARGET:
                 batches.append([])
                 size = 0
             batches[-1].append(item)
