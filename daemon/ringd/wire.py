@@ -383,9 +383,15 @@ def _optional(enc: _Encoder, dec: _Decoder) -> tuple[_Encoder, _Decoder]:
 
 
 def _tuple_codec(enc: _Encoder, dec: _Decoder) -> tuple[_Encoder, _Decoder]:
+    exact = _EXACT_TYPES.get(dec)
+
     def decode(v: Any) -> tuple[Any, ...]:
         if type(v) is not list:
             raise _bad("expected an array")
+        if exact is not None:  # e.g. a batch of messages: the type check in C, no call per item
+            if v and set(map(type, v)) != {exact}:
+                raise _bad(f"expected an array of {exact.__name__}")
+            return tuple(v)
         return tuple(map(dec, v))
 
     if enc is None:
@@ -770,6 +776,7 @@ def decode_payload(data: bytes) -> Message:
 # --- Control / client API framing ------------------------------------------------------
 
 _PLAIN_LEAVES: Final = (str, int, bytes, bool, float, type(None))
+_PLAIN_LEAF_SET: Final = frozenset(_PLAIN_LEAVES)
 
 
 def pack_frame(obj: Any) -> bytes:
@@ -782,16 +789,27 @@ def pack_frame(obj: Any) -> bytes:
 
 def _check_plain(root: Any) -> None:
     """Refuse anything but dict/list/str/int/bytes/bool/None/float (e.g. undefined)."""
+    if type(root) in _PLAIN_LEAF_SET:
+        return
     stack = [root]
     while stack:
         v = stack.pop()
         t = type(v)
         if t is list:
-            stack.extend(v)
+            items = v
         elif t is dict:
-            stack.extend(v.values())  # keys are str/bytes (strict_hashable_types)
-        elif t not in _PLAIN_LEAVES:
+            items = v.values()  # keys are str/bytes (strict_hashable_types)
+        else:
             raise _bad(f"unsupported value of type {t.__name__}")
+        # The types of a container's items in one C pass: a batch of messages costs no
+        # Python step per message.
+        types = set(map(type, items))
+        if types <= _PLAIN_LEAF_SET:
+            continue
+        for it in types - _PLAIN_LEAF_SET:
+            if it is not list and it is not dict:
+                raise _bad(f"unsupported value of type {it.__name__}")
+        stack.extend(x for x in items if type(x) is list or type(x) is dict)
 
 
 class FrameReader:
@@ -828,9 +846,27 @@ class FrameReader:
         return out
 
 
-# Bytes that follow a CBOR head, by its additional information (24..27); 28..31 are not
-# valid in the strict subset we decode (no indefinite lengths).
-_HEAD_ARG_BYTES: Final = {24: 1, 25: 2, 26: 4, 27: 8}
+def _head_steps() -> tuple[int, ...]:
+    """By CBOR head byte: how far the item's head (and a short string's content) reaches,
+    when the head alone says (> 0); else -(argument bytes | 16 if a string) for a head
+    whose argument follows (additional information 24..27), and 0 for a head outside the
+    strict subset we decode (28..31: no indefinite lengths)."""
+    steps = []
+    for head in range(256):
+        major, info = head >> 5, head & 31
+        string = major == 2 or major == 3
+        if info < 24:
+            steps.append(1 + (info if string else 0))
+        elif info <= 27:
+            steps.append(-((1 << (info - 24)) | (16 if string else 0)))
+        else:
+            steps.append(0)
+    return tuple(steps)
+
+
+_HEAD_STEPS: Final = _head_steps()
+_ARG_UNPACK: Final = {size: struct.Struct(fmt).unpack_from
+                      for size, fmt in ((1, ">B"), (2, ">H"), (4, ">I"), (8, ">Q"))}
 
 
 def count_items(data: bytes, limit: int) -> int:
@@ -839,25 +875,25 @@ def count_items(data: bytes, limit: int) -> int:
     (TOO_LARGE) as soon as there are more than ``limit``; MALFORMED for a head the strict
     decoder would refuse anyway, or one that runs past the end."""
     pos, end, count = 0, len(data), 0
+    steps = _HEAD_STEPS
     while pos < end:
         count += 1
         if count > limit:
             raise WireError(DropReason.TOO_LARGE, f"frame of more than {limit} CBOR items")
-        head = data[pos]
-        major, info = head >> 5, head & 31
+        step = steps[data[pos]]
+        if step > 0:
+            pos += step
+            continue
+        if step == 0:
+            raise WireError(DropReason.MALFORMED, f"CBOR head 0x{data[pos]:02x}")
+        size = -step & 15
         pos += 1
-        if info < 24:
-            arg = info
+        if pos + size > end:
+            raise WireError(DropReason.MALFORMED, "CBOR head past the end")
+        if -step & 16:  # a byte or text string: skip its content too
+            pos += size + _ARG_UNPACK[size](data, pos)[0]
         else:
-            size = _HEAD_ARG_BYTES.get(info)
-            if size is None:
-                raise WireError(DropReason.MALFORMED, f"CBOR head 0x{head:02x}")
-            if pos + size > end:
-                raise WireError(DropReason.MALFORMED, "CBOR head past the end")
-            arg = int.from_bytes(data[pos:pos + size], "big")
             pos += size
-        if major == 2 or major == 3:  # byte or text string: skip its content
-            pos += arg
     if pos > end:
         raise WireError(DropReason.MALFORMED, "CBOR string past the end")
     return count

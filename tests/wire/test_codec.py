@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ringd.group_messages import GroupSend
 from ringd.keyring import KeyFileError, Keyring, key_id, load_key
 from ringd.messages import MESSAGE_TYPES, Address, Alive, Gossip, Message, Nack, Ping
 from ringd.wire import (
@@ -32,6 +33,7 @@ from ringd.wire import (
     WireError,
     cluster_id,
     count_items,
+    decode_payload,
     pack_frame,
 )
 
@@ -222,6 +224,17 @@ def test_valid_hand_made_body_decodes() -> None:
 def test_embedded_unknown_type() -> None:
     body = cbor(["n", [8, 1, "t", [[999, 1]]]])
     assert reason(Codec("ringd"), datagram(body)) == DropReason.UNKNOWN_TYPE
+
+
+@pytest.mark.parametrize("items", [[b"a", 1], [b"a", "b"], [None], [[b"a"]]],
+                         ids=["int", "text", "null", "nested"])
+def test_an_array_of_byte_strings_holds_only_byte_strings(items: list[Any]) -> None:
+    """Arrays of one exact type are checked in one pass: every element still counts."""
+    good = decode_payload(cbor2.dumps([58, "g", "m", [b"a", b""]]))
+    assert good == GroupSend(group="g", member="m", items=(b"a", b""))
+    with pytest.raises(WireError) as info:
+        decode_payload(cbor2.dumps([58, "g", "m", items]))
+    assert info.value.reason == DropReason.MALFORMED
 
 
 def test_huge_declared_lengths_do_not_allocate() -> None:
@@ -507,8 +520,10 @@ def test_frame_at_the_limit_waits_for_its_bytes() -> None:
 
 @pytest.mark.parametrize(
     "payload",
-    [b"", b"\xf7", b"\x81\xf0", b"\xc1\x00", b"\x01\x02", b"\xff", b"\x9f\x01\xff", b"\x62a"],
-    ids=["empty", "undefined", "simple", "tag", "trailing", "break", "indefinite", "short-text"],
+    [b"", b"\xf7", b"\x81\xf0", b"\xc1\x00", b"\x01\x02", b"\xff", b"\x9f\x01\xff", b"\x62a",
+     b"\x82\x82\x41a\x01\x82\x41b\xf7", b"\xa1\x61a\x82\x01\xa1\x61b\xf7"],
+    ids=["empty", "undefined", "simple", "tag", "trailing", "break", "indefinite", "short-text",
+         "nested-undefined", "undefined-in-map-in-list"],
 )
 def test_malformed_frames(payload: bytes) -> None:
     with pytest.raises(WireError) as info:

@@ -9,6 +9,10 @@ from typing import Any
 
 from ringd.client.errors import ProtocolError
 
+# Element types allowed in a list field (checked as set(map(type, items)): in C).
+_BYTES = frozenset((bytes,))
+_STR = frozenset((str,))
+
 
 @dataclass(frozen=True, slots=True)
 class MessageEvent:
@@ -91,7 +95,7 @@ Batch = MessageBatch | ConfigEvent | GroupEvent | QuorumEvent
 
 def _strs(frame: dict[str, Any], key: str) -> tuple[str, ...]:
     value = frame[key]
-    if type(value) is not list or not all(type(v) is str for v in value):
+    if type(value) is not list or not set(map(type, value)) <= _STR:
         raise TypeError(key)
     return tuple(value)
 
@@ -113,7 +117,7 @@ def decode_event(frame: Any) -> Batch:
         kind = frame["ev"]
         if kind == "message":
             data = frame["data"]
-            if type(data) is not list or not all(type(d) is bytes for d in data):
+            if type(data) is not list or not set(map(type, data)) <= _BYTES:
                 raise TypeError("data")
             return MessageBatch(_typed(frame, "group", str), _typed(frame, "sender", str),
                                 _typed(frame, "member", str), _typed(frame, "ring", str),
