@@ -4,7 +4,9 @@
 This host's noise moves absolute figures 2-5x from hour to hour and single runs by
 +-30 %, so a target stated as a ratio ("encrypted throughput >= 0.85x plain", "no
 regression against commit X") is measured here: every round runs each arm once, in a
-rotating order; the result is, per figure, the median over rounds of the arm's value
+rotating order (or, with --concurrent, all at once: for light loads such as the latency
+part, so that the arms see the same moment of host noise; each bench_ring.py run has its
+own cluster name and ports); the result is, per figure, the median over rounds of the arm's value
 divided by the first arm's value in the same round (a per-pair ratio, not a ratio of
 medians). Host steal during each run is read from /proc/stat and reported.
 
@@ -16,7 +18,7 @@ An arm is NAME[@CHECKOUT][:KEY=VALUE[,KEY=VALUE...]]:
 
     python scripts/bench_ab.py --rounds 8 --arm plain --arm enc:key_file=$PWD/k.key \\
         --json ab.json -- --nodes 3 --sizes 1000 --parts throughput --duration-s 8
-    python scripts/bench_ab.py --rounds 8 --arm base@/tmp/ringd-old --arm new \\
+    python scripts/bench_ab.py --rounds 8 --concurrent --arm base@/tmp/ringd-old --arm new \\
         -- --nodes 3 --parts latency --latency-s 10
 
 Everything after `--` goes to every bench_ring.py run (which binds loopback only and
@@ -93,7 +95,7 @@ def figures(result: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def run_arm(arm: Arm, bench_args: list[str], out: Path, log: Path) -> dict[str, Any]:
+def start_arm(arm: Arm, bench_args: list[str], out: Path, log: Path) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, str(arm.checkout / "scripts" / "bench_ring.py"), *bench_args]
     for s in arm.settings:
         cmd += ["--daemon-set", s]
@@ -101,14 +103,35 @@ def run_arm(arm: Arm, bench_args: list[str], out: Path, log: Path) -> dict[str, 
     env = dict(os.environ)
     if arm.checkout != HERE:
         env["PYTHONPATH"] = str(arm.checkout / "daemon")
-    steal0, t0 = steal_ticks(), time.monotonic()
-    with log.open("w") as f:
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=arm.checkout,
-                              check=False)
-    if proc.returncode != 0 or not out.exists():
-        raise SystemExit(f"bench_ab: arm {arm.name} failed (exit {proc.returncode}); see {log}")
-    return {"figures": figures(json.loads(out.read_text())), "steal_ticks": steal_ticks() - steal0,
-            "wall_s": round(time.monotonic() - t0, 1)}
+    with log.open("wb") as f:
+        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=arm.checkout)
+
+
+def run_round(arms: list[Arm], bench_args: list[str], work: Path, index: int,
+              concurrent: bool) -> dict[str, Any]:
+    """One round: every arm once, one after the other or all at once."""
+    result: dict[str, Any] = {}
+    groups = [arms] if concurrent else [[arm] for arm in arms]
+    for group in groups:
+        steal0, t0 = steal_ticks(), time.monotonic()
+        procs = {arm.name: start_arm(arm, bench_args, work / f"{arm.name}-{index}.json",
+                                     work / f"{arm.name}-{index}.log") for arm in group}
+        try:
+            codes = {name: proc.wait() for name, proc in procs.items()}
+        finally:
+            for proc in procs.values():
+                if proc.poll() is None:  # interrupted: bench_ring stops its daemons on SIGTERM
+                    proc.terminate()
+                    proc.wait()
+        for arm in group:
+            out = work / f"{arm.name}-{index}.json"
+            if codes[arm.name] != 0 or not out.exists():
+                raise SystemExit(f"bench_ab: arm {arm.name} failed (exit {codes[arm.name]}); "
+                                 f"see {work / f'{arm.name}-{index}.log'}")
+            result[arm.name] = {"figures": figures(json.loads(out.read_text())),
+                                "steal_ticks": steal_ticks() - steal0,
+                                "wall_s": round(time.monotonic() - t0, 1)}
+    return result
 
 
 def summarize(arms: list[Arm], rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -161,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arm", action="append", type=Arm.parse, required=True,
                         help="NAME[@CHECKOUT][:KEY=VALUE,...]; the first is the reference")
     parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--concurrent", action="store_true",
+                        help="run the arms of a round at the same time (for light loads such as "
+                             "the latency part: both arms then see the same host noise)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--keep", type=Path, help="directory for every run's JSON and log")
     args = parser.parse_args(argv)
@@ -176,10 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     rounds: list[dict[str, Any]] = []
     for i in range(args.rounds):
         order = arms[i % len(arms):] + arms[:i % len(arms)]
-        result: dict[str, Any] = {}
+        result = run_round(order, bench_args, work, i + 1, args.concurrent)
         for arm in order:
-            result[arm.name] = run_arm(arm, bench_args, work / f"{arm.name}-{i + 1}.json",
-                                       work / f"{arm.name}-{i + 1}.log")
             print(f"round {i + 1}/{args.rounds} {arm.name}: {result[arm.name]['wall_s']} s, "
                   f"steal {result[arm.name]['steal_ticks']} ticks", flush=True)
         rounds.append(result)
@@ -188,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps({
             "arms": [{"name": a.name, "checkout": str(a.checkout), "settings": a.settings} for a in arms],
-            "bench_args": bench_args, "rounds": rounds, "summary": rows}, indent=1))
+            "bench_args": bench_args, "concurrent": args.concurrent, "rounds": rounds, "summary": rows}, indent=1))
         print(f"\nJSON written to {args.json}")
     print(f"runs kept in {work}")
     return 0

@@ -63,3 +63,38 @@ def test_a_failing_arm_is_named(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert "arm a failed (exit 3)" in proc.stderr
+
+
+# Stands in for bench_ring.py in a --concurrent round: each run marks that it started, then
+# waits (polling, with a deadline) until every arm's run has started, which only happens
+# when the arms run at the same time.
+CONCURRENT_BENCH = '''
+import json, sys, time
+from pathlib import Path
+args = sys.argv[1:]
+out = Path(args[args.index("--json") + 1])
+here = Path(__file__).parent
+(here / f"started-{out.stem}").touch()
+deadline = time.monotonic() + 20
+while len(list(here.glob("started-*"))) < 2:  # poll
+    if time.monotonic() > deadline:
+        sys.exit("the other arm never started")
+    time.sleep(0.01)
+out.write_text(json.dumps({"rows": [{"n": 3, "latency": [
+    {"safe": False, "senders": 1, "lat_p50_ms": 1.0, "lat_p99_ms": 2.0}]}]}))
+'''
+
+
+def test_concurrent_rounds_run_the_arms_at_the_same_time(tmp_path: Path) -> None:
+    checkout = tmp_path / "checkout"
+    (checkout / "scripts").mkdir(parents=True)
+    (checkout / "scripts" / "bench_ring.py").write_text(CONCURRENT_BENCH)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPTS / "bench_ab.py"), "--rounds", "1", "--concurrent",
+         "--arm", f"a@{checkout}", "--arm", f"b@{checkout}", "--json", str(tmp_path / "ab.json"),
+         "--keep", str(tmp_path / "runs")],
+        capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads((tmp_path / "ab.json").read_text())
+    assert result["concurrent"] is True
+    assert [r["ratio_median"] for r in result["summary"] if r["arm"] == "b"] == [1.0, 1.0]
