@@ -271,3 +271,20 @@ def test_totem_datagrams_that_name_us_as_sender_are_dropped() -> None:
         ticks += 1
     assert ticks < 10_000, "the token of our ring of one spins"
     assert node.totem.stats.token_held >= 1
+
+
+@pytest.mark.parametrize(("sender", "origin"), [("b", "b"), ("b", "a")],
+                         ids=["non-member", "relayed-by-non-member"])
+def test_multicasts_on_our_ring_from_non_members_are_dropped(sender: str, origin: str) -> None:
+    """Only members multicast on a ring: stored, such a datagram spun a ring of one's token
+    like the forged own-name one above (found by fuzzing)."""
+    node, now, _ = alone_and_operational()
+    mcast = Mcast(ring_id=node.ring_id, seq=1, origin=origin, safe=False,
+                  chunks=(Chunk(msg_id=1, safe=False, index=0, count=1, data=b"x"),))
+    node.handle(Received(msg=mcast, sender=sender, source=Address(host="127.0.0.9", port=9)), now)
+    assert node.totem.stats.nonmember_rx == 1
+    ticks = 0
+    while node.next_deadline() <= now + 5.0 and ticks < 10_000:
+        node.handle(Tick(), max(now, node.next_deadline()))
+        ticks += 1
+    assert ticks < 10_000, "the token of our ring of one spins"

@@ -73,6 +73,11 @@ CASES = [
     # passed it to itself without end, each turn due at once (found by atheris as a hang).
     ("node_core", (Path(__file__).parent / "cases" / "node_core-own-name-token-spin.bin").read_bytes(),
      None),
+    # The same spin from a multicast on our ring of one (8.n1) sent by n2, not a member of
+    # it: Totem checked only the ring id before storing it (found by atheris on the fixed
+    # code; multicasts on our ring from non-members are now dropped and counted).
+    ("node_core", (Path(__file__).parent / "cases" / "node_core-nonmember-mcast-token-spin.bin").read_bytes(),
+     None),
 ]
 
 

@@ -100,6 +100,13 @@ class ReceiveMixin:
         else:
             ring = None  # COMMIT: our entry is sent; old-ring datagrams now come only as Recovered
         if ring is not None and msg.ring_id == ring.ring_id:
+            members = ring.members
+            if sender not in members or msg.origin not in members:
+                # Only members multicast on a ring. Stored, such a datagram (forged, or a
+                # bug) left a ring of one unable to hold its token, passed to itself
+                # without end (found by fuzzing).
+                self.stats.nonmember_rx += 1
+                return
             if ring.store(msg.seq, msg):
                 self.stats.mcast_rx += 1
                 if state is State.OPERATIONAL:
@@ -119,6 +126,9 @@ class ReceiveMixin:
         if ring is None or msg.ring_id != ring.ring_id:
             if ring is None or msg.ring_id.seq > ring.ring_id.seq:
                 self._foreign(sender, msg.ring_id, out)
+            return
+        if sender not in ring.members or msg.sender not in ring.members:
+            self.stats.nonmember_rx += 1  # as in _on_mcast
             return
         if not ring.store(msg.seq, msg):
             self.stats.mcast_dup_rx += 1

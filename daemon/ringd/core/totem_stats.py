@@ -62,6 +62,7 @@ class TotemStats(_TimingHistograms):
     fail_to_recv: int = 0
     rings_formed: int = 0  # commit tokens created as representative
     foreign_rx: int = 0  # messages of another ring seen
+    nonmember_rx: int = 0  # multicasts on our ring from a non-member (forged or a bug): dropped
     flap_held_hints: int = 0  # PeerAlive hints ignored because the node is flapping
     flap_holds_adopted: int = 0  # holds taken over from other members' Joins
     joins_failing_us_ignored: int = 0  # Operational: Joins of non-members that fail us

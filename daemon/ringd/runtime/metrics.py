@@ -334,6 +334,9 @@ class DaemonCollector(Collector):
                 "type", ((label, getattr(stats, f"{field_}_{suffix}")) for label, field_ in TOTEM_MEMBERSHIP_TYPES))
         yield _counter("ringd_totem_rings_formed", "Rings this node formed as representative.", stats.rings_formed)
         yield _counter("ringd_totem_foreign_messages", "Messages of another ring seen.", stats.foreign_rx)
+        yield _counter("ringd_totem_nonmember_datagrams_dropped", "Multicasts on this daemon's "
+                       "ring from a daemon that is not a member of it (forged, or a bug): dropped.",
+                       stats.nonmember_rx)
         yield _counter("ringd_totem_flap_hints_ignored", "Gossip alive hints ignored because the node flaps.",
                        stats.flap_held_hints)
         yield _counter("ringd_totem_flap_holds_adopted", "Flapping members held out because another "
