@@ -644,6 +644,64 @@ def _requests_run(data: bytes) -> Any:
     return out
 
 
+# --- Client requests into a node core --------------------------------------------------
+
+def _operational_core() -> tuple[Any, float]:
+    """A fresh node core that is the operational ring of one (about 0.7 ms to build)."""
+    from random import Random
+
+    from ringd.core.events import Start, Tick
+    from ringd.core.node import NodeCore
+
+    codec = _sim_codec()
+    core = NodeCore(Config(name="n1", cluster_name=_SIM_CLUSTER), address=Address(host="192.0.2.1", port=1),
+                    seeds=[], incarnation=1, ring_seq=0, rng=Random(1), size_of=codec.size_of,
+                    encode_payload=encode_payload, decode_payload=decode_payload, now=0.0)
+    now = 0.0
+    core.handle(Start(), now)
+    while not (core.active and core.members == ("n1",) and core.state.name == "OPERATIONAL"):
+        now = core.next_deadline()
+        if now > 30.0:
+            raise PropertyFailed("the ring of one did not form within 30 s")
+        core.handle(Tick(), now)
+    return core, now
+
+
+def _node_requests_run(data: bytes) -> Any:
+    """Every request the control server accepts goes to an operational node core, in order
+    (1 ms apart), and the core runs 2 s more: nothing it does may raise, and every reply is
+    a map with a boolean 'ok' and a one-line error. (A send whose first message was empty
+    crashed the daemon here, 2026-12-07, before any fuzzing reached it.)"""
+    from ringd.core.events import Reply, Tick
+
+    core = None
+    now = 0.0
+    handled = 0
+    for frame in FrameReader(CONTROL_FRAME_BYTES_MAX).feed(data):
+        request = validate_request(frame)
+        if request is None or isinstance(request, dict):
+            continue  # refused (an error reply), or an op that reads the whole daemon
+        if core is None:
+            core, now = _operational_core()
+        now += 0.001
+        effects = core.handle(request, now)
+        handled += 1
+        end = now + 2.0
+        while core.next_deadline() <= end:
+            effects += core.handle(Tick(), max(now, core.next_deadline()))
+            if len(effects) > 100_000:
+                raise PropertyFailed(f"{len(effects)} effects from one request")
+        for effect in effects:
+            if type(effect) is Reply:
+                body = effect.body
+                if not isinstance(body, dict) or type(body.get("ok")) is not bool:
+                    raise PropertyFailed(f"reply is not a map with a boolean 'ok': {body!r}")
+                error = body.get("error")
+                if error is not None and (not isinstance(error, str) or "\n" in error or not error):
+                    raise PropertyFailed(f"error reply is not one line: {error!r}")
+    return handled
+
+
 def _requests_structured() -> st.SearchStrategy[bytes]:
     plain = st.recursive(
         st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats()
@@ -1123,6 +1181,11 @@ register(Target(
     name="requests", doc="control/client API request validation (parse_request, control ops)",
     run=_requests_run, errors=(WireError,), seeds=client_frames, input_bytes_max=65536,
     structured=_requests_structured, tokens=_request_tokens, cbor_offset=FRAMED))
+register(Target(
+    name="node_requests", doc="client API requests the control server accepts, handled by a node core",
+    run=_node_requests_run, errors=(WireError,), seeds=client_frames, input_bytes_max=65536,
+    structured=_requests_structured, tokens=_request_tokens, cbor_offset=FRAMED,
+    alloc_base_bytes=8 << 20, alloc_per_input_byte=400))
 register(Target(
     name="config", doc="load_config: TOML file + RINGD_* environment + --set",
     run=_config_run, errors=(ConfigError, typer.Exit), seeds=config_seeds,

@@ -78,6 +78,11 @@ CASES = [
     # code; multicasts on our ring from non-members are now dropped and counted).
     ("node_core", (Path(__file__).parent / "cases" / "node_core-nonmember-mcast-token-spin.bin").read_bytes(),
      None),
+    # A send whose first message is empty: packing it into payloads raised IndexError and
+    # ended the daemon (found by reading the code; the node_requests target finds it within
+    # 30,000 inputs on that code).
+    ("node_requests", (Path(__file__).parent / "cases" / "node_requests-empty-first-message.bin").read_bytes(),
+     None),
 ]
 
 
