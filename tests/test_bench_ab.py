@@ -79,7 +79,7 @@ deadline = time.monotonic() + 20
 while len(list(here.glob("started-*"))) < 2:  # poll
     if time.monotonic() > deadline:
         sys.exit("the other arm never started")
-    time.sleep(0.01)
+    time.sleep(0.01)  # poll
 out.write_text(json.dumps({"rows": [{"n": 3, "latency": [
     {"safe": False, "senders": 1, "lat_p50_ms": 1.0, "lat_p99_ms": 2.0}]}]}))
 '''
