@@ -384,12 +384,13 @@ def _optional(enc: _Encoder, dec: _Decoder) -> tuple[_Encoder, _Decoder]:
 
 def _tuple_codec(enc: _Encoder, dec: _Decoder) -> tuple[_Encoder, _Decoder]:
     exact = _EXACT_TYPES.get(dec)
+    only_exact = frozenset((exact,))
 
     def decode(v: Any) -> tuple[Any, ...]:
         if type(v) is not list:
             raise _bad("expected an array")
         if exact is not None:  # e.g. a batch of messages: the type check in C, no call per item
-            if v and set(map(type, v)) != {exact}:
+            if not set(map(type, v)) <= only_exact:
                 raise _bad(f"expected an array of {exact.__name__}")
             return tuple(v)
         return tuple(map(dec, v))

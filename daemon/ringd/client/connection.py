@@ -26,11 +26,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ringd.client.errors import ClientError, ConnectionLost, ProtocolError, RequestFailed, TryAgain
-from ringd.client.events import Batch, decode_event
+from ringd.client.events import Batch, decode_event, only_of
 from ringd.wire import FrameReader, WireError, pack_frame
 
-# Element types a list of messages may hold (checked as set(map(type, items)): in C).
-_BYTES = frozenset((bytes,))
 # The daemon's limit on the data of one send request (API_SEND_BYTES_MAX in
 # ringd.core.requests; a test checks they agree). A call above it is refused at once;
 # coalescing never makes a request above it.
@@ -117,7 +115,7 @@ def message_items(data: bytes | str | Sequence[bytes | str]) -> list[bytes]:
     if isinstance(data, str):
         return [data.encode()]
     items = list(data)
-    if set(map(type, items)) <= _BYTES:  # the common case: the check runs in C
+    if only_of(items, bytes):  # the common case
         return items
     out = []
     for item in items:

@@ -9,9 +9,10 @@ from typing import Any
 
 from ringd.client.errors import ProtocolError
 
-# Element types allowed in a list field (checked as set(map(type, items)): in C).
-_BYTES = frozenset((bytes,))
-_STR = frozenset((str,))
+
+def only_of(items: Any, tp: type) -> bool:
+    """Every item of ``items`` is exactly of type ``tp``, checked in one C pass."""
+    return set(map(type, items)) <= {tp}
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +96,7 @@ Batch = MessageBatch | ConfigEvent | GroupEvent | QuorumEvent
 
 def _strs(frame: dict[str, Any], key: str) -> tuple[str, ...]:
     value = frame[key]
-    if type(value) is not list or not set(map(type, value)) <= _STR:
+    if type(value) is not list or not only_of(value, str):
         raise TypeError(key)
     return tuple(value)
 
@@ -117,7 +118,7 @@ def decode_event(frame: Any) -> Batch:
         kind = frame["ev"]
         if kind == "message":
             data = frame["data"]
-            if type(data) is not list or not set(map(type, data)) <= _BYTES:
+            if type(data) is not list or not only_of(data, bytes):
                 raise TypeError("data")
             return MessageBatch(_typed(frame, "group", str), _typed(frame, "sender", str),
                                 _typed(frame, "member", str), _typed(frame, "ring", str),

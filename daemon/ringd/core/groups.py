@@ -30,7 +30,6 @@ from ringd.messages import Message
 from ringd.quorum_messages import QuorumExpected
 from ringd.totem_messages import RingId
 
-_BYTES: Final = frozenset((bytes,))  # see send(): the element check in one C pass
 GROUP_NAME_BYTES_MAX: Final = 255
 LEAVE_REASONS: Final = frozenset({"leave", "disconnect"})
 # Items one datagram can carry is below its size in bytes (< 65536), so seqs never collide.
@@ -95,6 +94,14 @@ def _group_ok(group: str) -> bool:
     except GroupOpError:
         return False
     return True
+
+
+def only_bytes(items: Iterable[Any]) -> bool:
+    """Every item is bytes: the type check of a batch of messages in one C pass."""
+    return set(map(type, items)) <= _BYTES
+
+
+_BYTES: Final = frozenset((bytes,))
 
 
 def _node_of(member: str) -> str:
@@ -200,7 +207,7 @@ class GroupsCore:
         batch = tuple(items)
         if not batch:
             raise GroupOpError("nothing to send")
-        if not set(map(type, batch)) <= _BYTES:
+        if not only_bytes(batch):
             raise GroupOpError("every message must be bytes")
         return self._encode(GroupSend(group=group, member=f"{self.node}:{pid}", items=batch))
 

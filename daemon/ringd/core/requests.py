@@ -12,10 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
-from ringd.core.groups import GroupOpError, check_group
+from ringd.core.groups import GroupOpError, check_group, only_bytes
 
-# A send's data, checked as set(map(type, data)) <= _BYTES: one C pass, no step per message.
-_BYTES: Final = frozenset((bytes,))
 # Application data in one send request (all items together).
 API_SEND_BYTES_MAX: Final = 1 << 20
 # Largest expected votes an operator may set (as quorum.expected_votes allows).
@@ -134,7 +132,7 @@ def parse_request(op: str, request: dict[str, Any], *, conn: int, pid: int,
         data = request.get("data")
         if type(data) is bytes:
             items: tuple[bytes, ...] = (data,)
-        elif type(data) is list and set(map(type, data)) <= _BYTES:
+        elif type(data) is list and only_bytes(data):
             items = tuple(data)
         else:
             raise BadRequest("send: 'data' must be bytes or a list of bytes")
