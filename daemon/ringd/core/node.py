@@ -286,7 +286,10 @@ class NodeCore:
                 elif type(event) is not Tick:
                     self._deferred.append(event)
                 return out
-        self._dispatch(event, now)
+        if type(event) is Received and type(event.msg) in TOTEM_MESSAGE_TYPES:
+            self._totem_received(event, now)  # most input: no pass through _dispatch
+        else:
+            self._dispatch(event, now)
         return out
 
     def next_deadline(self) -> float:
@@ -508,7 +511,14 @@ class NodeCore:
             self._nested.extend(effects)
             return
         self._work.extend(effects)
-        self._drain(now)
+        if self._hold_until != math.inf:
+            return
+        # _drain, inlined: this runs once per datagram.
+        self._draining = True
+        try:
+            self._drain_work(now)
+        finally:
+            self._draining = False
 
     def _drain(self, now: float) -> None:
         if self._hold_until != math.inf:

@@ -5,8 +5,10 @@ Why not a cancel scope with a deadline around each wait: the driver waits once p
 hop, and entering and leaving a scope (registering and dropping its deadline) costs a
 noticeable part of a hop. Here the wait itself is bare; a separate timer task sleeps until
 the driver's deadline. Deadlines mostly move later (each token visit pushes the token-loss
-timer out), so the timer task is only re-armed when one moves earlier, and when it wakes
-for a deadline that has since moved later it just sleeps again.
+timer out): the timer task then wakes at the earlier one and just sleeps again. One that
+moves earlier is set on the timer's cancel scope in place, which re-files it in trio's
+deadline heap without waking the timer task (cancelling the scope to re-arm it cost a task
+switch on about one token hop in two).
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ class Alarm:
         """The owner is about to wait on :attr:`fd`: wake it at ``deadline`` at the latest."""
         self.deadline = deadline
         self._parked = True
-        if deadline < self._armed_at and self._timer_scope is not None:
-            self._timer_scope.cancel()  # the timer sleeps too long: re-arm it
+        if deadline < self._armed_at:
+            self._armed_at = deadline
+            if self._timer_scope is not None:
+                self._timer_scope.deadline = deadline
 
     def unpark(self) -> None:
         """The owner woke up (for whatever reason): reset the eventfd if it was written."""
@@ -54,17 +58,15 @@ class Alarm:
     async def run_timer(self) -> None:
         """The timer task: ring when the owner's deadline passes while it is parked."""
         while True:
-            self._armed_at = at = self.deadline
-            with trio.CancelScope(deadline=at) as self._timer_scope:
+            with trio.CancelScope(deadline=self._armed_at) as self._timer_scope:
                 await trio.sleep_forever()
             self._timer_scope = None
             if trio.current_time() >= self.deadline:
                 self.ring()
-                # Sleep until the owner parks with a new deadline (which re-arms us).
+                # Sleep until the owner parks with a new deadline (which sets ours).
                 self._armed_at = math.inf
-                with trio.CancelScope() as self._timer_scope:
-                    await trio.sleep_forever()
-                self._timer_scope = None
+            else:
+                self._armed_at = self.deadline  # it moved later meanwhile
 
     def close(self) -> None:
         os.close(self.fd)

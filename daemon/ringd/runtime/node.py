@@ -344,7 +344,9 @@ class Daemon:
                 request = event.request
                 self._replies[request.request_id] = event.reply
                 event = request
-            done = await self.execute(node.handle(event, now))
+            effects = node.handle(event, now)
+            if effects:
+                done = await self.execute(effects)
             if done is None and node.turn_pending:
                 # Our multicasts are out; Totem takes them back now, without a pass through
                 # the sockets first (input could not overtake them anyway: see

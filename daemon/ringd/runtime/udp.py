@@ -85,6 +85,7 @@ class UdpTransport:
         for sock in self._sockets:
             self._poller.register(sock.fileno(), select.EPOLLIN)
         self._socket_fds = [(sock.fileno(), sock) for sock in self._sockets]
+        self._socket_of = dict(self._socket_fds)
         self._group = (net.multicast_group, net.multicast_port)
         host, port = unicast.getsockname()[:2]
         self.local_address = Address(host=host, port=port)
@@ -138,14 +139,19 @@ class UdpTransport:
         ready = self._poller.poll(0)
         if not ready:
             return []
-        readable = {fd for fd, _ in ready}
+        if len(ready) == 1:  # the usual case: no set to build
+            sock = self._socket_of.get(ready[0][0])
+            if sock is None:
+                return []  # only the watched wake-up fd
+            order: list[socket.socket] = [sock]
+        else:
+            readable = {fd for fd, _ in ready}
+            order = [sock for fd, sock in self._socket_fds if fd in readable]
         stats = self.stats
         addresses = self._addresses
         ignored = self.ignored_sources
         out: list[Received] = []
-        for fd, sock in self._socket_fds:
-            if fd not in readable:
-                continue
+        for sock in order:
             for _ in range(limit):
                 try:
                     data, source = sock.recvfrom(RECV_BYTES_MAX)
