@@ -1,5 +1,6 @@
-"""Replay at a live encrypted cluster: every datagram the daemons exchange on loopback is
-captured while a client sends messages and one member restarts (so the capture holds
+"""Replay at a live encrypted cluster: every datagram the daemons exchange on loopback for a
+minute is captured while clients send messages, one per call at a steady pace, and one
+member restarts half-way (so the capture holds
 gossip of an older incarnation, Totem tokens, joins and commit tokens of older rings, and
 a whole earlier run of one sender). Sent back at the cluster, none of it has any effect:
 the ring and every view stay as they were, nothing is delivered twice, and the daemons
@@ -13,13 +14,15 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+import time
 from pathlib import Path
 
 import pytest
-from ordered_helpers import Subscriber, payloads, send_lines, wait_ring, wait_subscribers
+from ordered_helpers import Subscriber, payloads, wait_ring, wait_subscribers
 
 from helpers import DaemonProcess, ProcessRegistry, all_see, wait_until
 from ringd import client
+from ringd.client import BlockingRingClient
 
 pytestmark = pytest.mark.integration
 
@@ -36,6 +39,10 @@ DELIVERY_TIMEOUT_S = 60.0
 # Replays go out in bursts this long; before the next burst the daemons must have counted
 # most of the previous ones, so their socket buffers take them all.
 REPLAY_BURST = 100
+# The capture: a minute of traffic, two halves of steady sends with node3's restart between.
+CAPTURE_S = 60.0
+SEND_RATE = 25.0  # messages per second, one per send call
+HALF_COUNT = int(SEND_RATE * CAPTURE_S / 2)
 
 
 def unicast_port(node: DaemonProcess) -> int:
@@ -85,6 +92,19 @@ def dropped_replayed(nodes: list[DaemonProcess]) -> int:
     return sum(n.status()["transport"]["dropped"].get("replayed", 0) for n in nodes)
 
 
+def paced_send(node: DaemonProcess, prefix: str, count: int) -> list[str]:
+    """``count`` messages ``prefix-i`` to "chat", one per call, SEND_RATE per second."""
+    sent = payloads(prefix, 0, count)
+    with BlockingRingClient(str(node.socket)) as ring:
+        start = time.monotonic()
+        for i, data in enumerate(sent):
+            ahead = start + i / SEND_RATE - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)  # pacing the workload, not waiting for a condition
+            ring.send("chat", data)
+    return sent
+
+
 def views(nodes: list[DaemonProcess]) -> list[dict[str, tuple[str, int]]]:
     return [{name: (m["state"], m["incarnation"]) for name, m in n.members().items()} for n in nodes]
 
@@ -103,8 +123,8 @@ def test_replayed_traffic_changes_nothing(daemons: ProcessRegistry, short_tmp: P
 
     assert daemons.run_cli("event", "EVENTMARK42", "PAYLOADMARK42",
                            "--socket", str(nodes[0].socket)).returncode == 0
-    first = payloads("node1", 0, 300)
-    assert send_lines(daemons, nodes[0], "chat", first).wait(timeout=60) == 0
+    started = time.monotonic()
+    first = paced_send(nodes[0], "node1", HALF_COUNT)
     # node3 restarts: a new incarnation, a new run of its sender, a new ring.
     nodes[2].terminate()
     assert nodes[2].wait_exit() == 0
@@ -116,16 +136,20 @@ def test_replayed_traffic_changes_nothing(daemons: ProcessRegistry, short_tmp: P
     wait_ring(nodes)
     subs[2] = Subscriber(daemons, nodes[2], "chat", tag="-after")
     wait_subscribers(subs, 3)
-    second = payloads("node2", 0, 300)
-    assert send_lines(daemons, nodes[1], "chat", second).wait(timeout=60) == 0
-    wait_until(lambda: len(subs[0].messages()) >= 600 and len(subs[1].messages()) >= 600
-               and len(subs[2].messages()) >= 300, DELIVERY_TIMEOUT_S, "every message delivered")
+    # The second half fills the minute, whatever the restart took.
+    left_s = CAPTURE_S - (time.monotonic() - started)
+    second = paced_send(nodes[1], "node2", max(HALF_COUNT, int(SEND_RATE * left_s) + 2))
+    wait_until(lambda: len(subs[0].messages()) >= len(first) + len(second)
+               and len(subs[1].messages()) >= len(first) + len(second)
+               and len(subs[2].messages()) >= len(second), DELIVERY_TIMEOUT_S, "every message delivered")
     wait_until(lambda: all_see(nodes, {n.name: "alive" for n in nodes}), 30, "all alive")
+    captured_s = time.monotonic() - started
+    assert captured_s >= CAPTURE_S
     datagrams = capture.finish()
     multicast = sum(1 for _, port, _ in datagrams if port == daemons.multicast_port)
-    # The capture holds real traffic of both kinds. How many multicast datagrams carry the
-    # 900 messages depends on packing (20 on a quiet host), so the bound is loose.
-    assert multicast >= 10 and len(datagrams) - multicast > 50, (len(datagrams), multicast)
+    # The capture holds real traffic of both kinds: one send per call and per 40 ms makes
+    # about one multicast per message (fewer if a slow token packs several).
+    assert multicast >= HALF_COUNT and len(datagrams) - multicast > 1000, (len(datagrams), multicast)
     wire = b"".join(d for _, _, d in datagrams)
     for marker in (b"node1-1", b"TAGMARK42", b"EVENTMARK42", b"PAYLOADMARK42"):
         assert marker not in wire, f"{marker!r} readable on the wire"
@@ -172,5 +196,5 @@ def test_replayed_traffic_changes_nothing(daemons: ProcessRegistry, short_tmp: P
     for n in nodes:
         dropped = n.status()["transport"]["dropped"]
         assert dropped.get("bad_tag", 0) == 0 and dropped.get("unknown_key", 0) == 0, dropped
-    print(f"captured {len(datagrams)} datagrams ({multicast} multicast), replayed {expected} "
+    print(f"captured {captured_s:.0f} s: {len(datagrams)} datagrams ({multicast} multicast), replayed {expected} "
           f"deliveries of them, {dropped_replayed(nodes) - before_replayed} counted as replayed")
