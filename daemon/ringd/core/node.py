@@ -272,7 +272,7 @@ class NodeCore:
             self._hold_poll_at = now + BACKPRESSURE_POLL_S
             if not self._try_release(now):
                 return out
-            self._drain(now)
+            self._run([], now)  # what waited in _work
             self._flush_loopback(now)
             while self._deferred and self._hold_until == math.inf:
                 self._dispatch(self._deferred.popleft(), now)
@@ -512,17 +512,7 @@ class NodeCore:
             return
         self._work.extend(effects)
         if self._hold_until != math.inf:
-            return
-        # _drain, inlined: this runs once per datagram.
-        self._draining = True
-        try:
-            self._drain_work(now)
-        finally:
-            self._draining = False
-
-    def _drain(self, now: float) -> None:
-        if self._hold_until != math.inf:
-            return
+            return  # the rest waits in _work for the readers hold to end
         self._draining = True
         try:
             self._drain_work(now)
