@@ -7,8 +7,8 @@ noticeable part of a hop. Here the wait itself is bare; a separate timer task sl
 the driver's deadline. Deadlines mostly move later (each token visit pushes the token-loss
 timer out): the timer task then wakes at the earlier one and just sleeps again. One that
 moves earlier is set on the timer's cancel scope in place, which re-files it in trio's
-deadline heap without waking the timer task (cancelling the scope to re-arm it cost a task
-switch on about one token hop in two).
+deadline heap without waking the timer task (cancelling the scope to re-arm it woke the
+task about 0.6 times per message with 3 nodes each sending 100 msgs/s, one token hop in 12).
 """
 
 from __future__ import annotations
