@@ -76,7 +76,8 @@ async def test_again_after_a_deadline_passed_unparked(clock: trio.testing.MockCl
         # Busy (not parked) past the next deadline: the timer's ring is a no-op then, and
         # the next park must arm it again.
         alarm.deadline = start + 1.5
-        await trio.sleep(1.0)
+        clock.jump(1.0)
+        await trio.testing.wait_all_tasks_blocked()  # the timer has seen the time pass
         return await _park_and_wait(alarm, start + 4.0)
 
     assert await _with_timer(body) == pytest.approx(start + 4.0)

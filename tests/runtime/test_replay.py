@@ -1,6 +1,6 @@
 """Replay at a live encrypted cluster: every datagram the daemons exchange on loopback for a
-minute is captured while clients send messages, one per call at a steady pace, and one
-member restarts half-way (so the capture holds
+minute is captured while clients send messages, one per call, each once the ring is idle
+again after the one before, and one member restarts half-way (so the capture holds
 gossip of an older incarnation, Totem tokens, joins and commit tokens of older rings, and
 a whole earlier run of one sender). Sent back at the cluster, none of it has any effect:
 the ring and every view stay as they were, nothing is delivered twice, and the daemons
@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from ordered_helpers import Subscriber, payloads, wait_ring, wait_subscribers
+from ordered_helpers import Subscriber, wait_ring, wait_subscribers
 
 from helpers import DaemonProcess, ProcessRegistry, all_see, wait_until
 from ringd import client
@@ -41,8 +41,6 @@ DELIVERY_TIMEOUT_S = 60.0
 REPLAY_BURST = 100
 # The capture: a minute of traffic, two halves of steady sends with node3's restart between.
 CAPTURE_S = 60.0
-SEND_RATE = 25.0  # messages per second, one per send call
-HALF_COUNT = int(SEND_RATE * CAPTURE_S / 2)
 
 
 def unicast_port(node: DaemonProcess) -> int:
@@ -92,16 +90,22 @@ def dropped_replayed(nodes: list[DaemonProcess]) -> int:
     return sum(n.status()["transport"]["dropped"].get("replayed", 0) for n in nodes)
 
 
-def paced_send(node: DaemonProcess, prefix: str, count: int) -> list[str]:
-    """``count`` messages ``prefix-i`` to "chat", one per call, SEND_RATE per second."""
-    sent = payloads(prefix, 0, count)
+def token_holds(nodes: list[DaemonProcess]) -> int:
+    return sum(n.status()["totem"]["stats"]["token_held"] for n in nodes)
+
+
+def send_until(nodes: list[DaemonProcess], node: DaemonProcess, prefix: str, until: float) -> list[str]:
+    """Messages ``prefix-i`` to "chat" from ``node``, one per call, until ``until``
+    (monotonic). Each goes out once the ring is idle again after the one before (a member
+    held the token), so the traffic is steady and paced by the ring itself: every message
+    makes its own multicast and its own token rotations."""
+    sent: list[str] = []
     with BlockingRingClient(str(node.socket)) as ring:
-        start = time.monotonic()
-        for i, data in enumerate(sent):
-            ahead = start + i / SEND_RATE - time.monotonic()
-            if ahead > 0:
-                time.sleep(ahead)  # pacing the workload, not waiting for a condition
-            ring.send("chat", data)
+        while time.monotonic() < until:
+            held = token_holds(nodes)
+            sent.append(f"{prefix}-{len(sent)}")
+            ring.send("chat", sent[-1])
+            wait_until(lambda held=held: token_holds(nodes) > held, 10, "the token held again after a send")
     return sent
 
 
@@ -124,7 +128,7 @@ def test_replayed_traffic_changes_nothing(daemons: ProcessRegistry, short_tmp: P
     assert daemons.run_cli("event", "EVENTMARK42", "PAYLOADMARK42",
                            "--socket", str(nodes[0].socket)).returncode == 0
     started = time.monotonic()
-    first = paced_send(nodes[0], "node1", HALF_COUNT)
+    first = send_until(nodes, nodes[0], "node1", started + CAPTURE_S / 2)
     # node3 restarts: a new incarnation, a new run of its sender, a new ring.
     nodes[2].terminate()
     assert nodes[2].wait_exit() == 0
@@ -137,8 +141,7 @@ def test_replayed_traffic_changes_nothing(daemons: ProcessRegistry, short_tmp: P
     subs[2] = Subscriber(daemons, nodes[2], "chat", tag="-after")
     wait_subscribers(subs, 3)
     # The second half fills the minute, whatever the restart took.
-    left_s = CAPTURE_S - (time.monotonic() - started)
-    second = paced_send(nodes[1], "node2", max(HALF_COUNT, int(SEND_RATE * left_s) + 2))
+    second = send_until(nodes, nodes[1], "node2", started + CAPTURE_S)
     wait_until(lambda: len(subs[0].messages()) >= len(first) + len(second)
                and len(subs[1].messages()) >= len(first) + len(second)
                and len(subs[2].messages()) >= len(second), DELIVERY_TIMEOUT_S, "every message delivered")
@@ -147,9 +150,10 @@ def test_replayed_traffic_changes_nothing(daemons: ProcessRegistry, short_tmp: P
     assert captured_s >= CAPTURE_S
     datagrams = capture.finish()
     multicast = sum(1 for _, port, _ in datagrams if port == daemons.multicast_port)
-    # The capture holds real traffic of both kinds: one send per call and per 40 ms makes
-    # about one multicast per message (fewer if a slow token packs several).
-    assert multicast >= HALF_COUNT and len(datagrams) - multicast > 1000, (len(datagrams), multicast)
+    # The capture holds real traffic of both kinds: each message went out on an idle ring,
+    # in a multicast of its own.
+    assert multicast >= len(first) + len(second) and len(datagrams) - multicast > 1000, (
+        len(datagrams), multicast)
     wire = b"".join(d for _, _, d in datagrams)
     for marker in (b"node1-1", b"TAGMARK42", b"EVENTMARK42", b"PAYLOADMARK42"):
         assert marker not in wire, f"{marker!r} readable on the wire"
