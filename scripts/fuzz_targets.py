@@ -15,7 +15,7 @@ properties forbid:
 Targets are registered with :func:`register`; a new decoder (an encrypted datagram mode,
 say) is one line, e.g.::
 
-    register(datagram_target("datagram_aead", lambda: Codec("fuzz", key=KEY, ...), seal=...))
+    register(datagram_target("datagram_aead", lambda: Codec("fuzz", key=KEY, ...), keyed=True))
 
 Seed corpora are real traffic: the datagrams of a short seeded whole-node simulation
 (gossip, Totem and group payloads through the real codec), one encoded sample of every
@@ -270,35 +270,24 @@ def keyed_input(unsigned: bytes) -> bytes:
     return bytes([len(name)]) + name + encode_payload(msg)
 
 
-# Keyed codecs keep state per sender name (derived keys, replay windows). A harness codec
-# lives for this many inputs: over a whole run its dicts would grow by a fuzzed name per
-# input, and each resize of a table of 100,000 names (a spike of ~1.5 MB inside one tiny
-# input) was reported as that input's allocation.
+# Keyed codecs keep state per sender name (derived keys, replay windows). A keyed target's
+# codecs live for this many inputs: over a whole run their dicts would grow by a fuzzed
+# name per input, and each resize of a table of 100,000 names (a spike of ~1.5 MB inside
+# one tiny input) was reported as that input's allocation.
 HARNESS_CODEC_INPUTS = 256
 
 
-def seal_with(make_sender: Callable[[], Codec]) -> Callable[[Codec, bytes], bytes]:
-    """What a key holder sends: a codec of ``make_sender()`` (same keys as the receiver)
-    seals the input's message bytes as they are, so the parser behind the key check is
-    fuzzed."""
-    sender_codec = make_sender()
-    sealed = 0
-
-    def seal(_codec: Codec, data: bytes) -> bytes:
-        nonlocal sender_codec, sealed
-        if not data:
-            return data
-        sealed += 1
-        if sealed % HARNESS_CODEC_INPUTS == 0:
-            sender_codec = make_sender()
-        size = data[0]
-        try:
-            sender = data[1:1 + size].decode()
-            return sender_codec._encode_keyed(sender, data[1 + size:])  # fuzzing only
-        except (UnicodeDecodeError, ValueError):
-            return data
-
-    return seal
+def _seal(holder: Codec, data: bytes) -> bytes:
+    """What a key holder sends: ``holder`` (same keys as the receiver) seals the input's
+    message bytes as they are, so the parser behind the key check is fuzzed."""
+    if not data:
+        return data
+    size = data[0]
+    try:
+        sender = data[1:1 + size].decode()
+        return holder._encode_keyed(sender, data[1 + size:])  # fuzzing only
+    except (UnicodeDecodeError, ValueError):
+        return data
 
 
 def _cbor_text(text: str) -> bytes:
@@ -320,43 +309,42 @@ def _datagram_tokens() -> list[bytes]:
 # --- Datagram targets --------------------------------------------------------------------
 
 
-def _datagram_seeds(seal: Callable[[Codec, bytes], bytes] | None) -> list[bytes]:
+def _datagram_seeds(keyed: bool) -> list[bytes]:
     """The simulation's datagrams (moved to our cluster id) and a sample of every message,
     without a trailer: keyed targets seal them (see :func:`datagram_target`)."""
     datagrams, _payloads = captured_traffic()
     seeds = [_HEADER_OF[False] + data[HEADER_BYTES:] for data in datagrams]
     seeds += [_PLAIN_CODEC.encode("n1", sample_message(MESSAGE_TYPES[tag], i))
               for tag in tags_of(None) for i in range(3)]
-    return seeds if seal is None else [b"\x00" + keyed_input(data) for data in seeds]
+    return [b"\x00" + keyed_input(data) for data in seeds] if keyed else seeds
 
 
-def datagram_target(name: str, make_codec: Callable[[], Codec],
-                    seal: Callable[[Codec, bytes], bytes] | None = None,
+def datagram_target(name: str, make_codec: Callable[[], Codec], keyed: bool = False,
                     doc: str = "") -> Target:
     """A target for ``Codec.decode_untrusted`` of ``make_codec()``.
 
-    With ``seal`` (a keyed codec), the first input byte picks the attacker: even = a key
-    holder (``seal(codec, rest)`` makes the datagram authentic, so the parser behind the
-    authentication is fuzzed), odd = an outsider (``rest`` as received: the
-    authentication check itself is fuzzed).
+    ``keyed`` (a keyed codec): the first input byte picks the attacker: even = a key holder
+    (a second codec of ``make_codec()`` seals the rest, so the parser behind the
+    authentication is fuzzed), odd = an outsider (the rest as received: the authentication
+    check itself is fuzzed).
     """
-    codec = make_codec()
+    codec, holder = make_codec(), make_codec()  # the receiver, and the key holder (keyed)
     inputs = 0
 
     def run(data: bytes) -> Any:
-        nonlocal codec, inputs
-        if seal is not None:
+        nonlocal codec, holder, inputs
+        if keyed:
             inputs += 1
             if inputs % HARNESS_CODEC_INPUTS == 0:
-                codec = make_codec()  # see HARNESS_CODEC_INPUTS
+                codec, holder = make_codec(), make_codec()
             if not data:
                 raise WireError(DropReason.MALFORMED, "empty")
-            data = seal(codec, data[1:]) if data[0] % 2 == 0 else data[1:]
+            data = _seal(holder, data[1:]) if data[0] % 2 == 0 else data[1:]
         sender, msg = codec.decode_untrusted(data)
         _check_message_round_trip(msg)
         try:
             # A keyed codec refuses what it sent itself (a replay): re-encode with a peer's.
-            again = (codec if seal is None else make_codec()).encode(sender, msg)
+            again = (make_codec() if keyed else codec).encode(sender, msg)
         except ValueError as exc:
             # Only a size refusal is allowed: non-minimal CBOR (half floats, long int
             # heads) can re-encode larger than the datagram we accepted.
@@ -377,15 +365,15 @@ def datagram_target(name: str, make_codec: Callable[[], Codec],
                 unsigned = _PLAIN_CODEC.encode(*pair)
             except ValueError:
                 return b""
-            return unsigned if seal is None else b"\x00" + keyed_input(unsigned)
+            return b"\x00" + keyed_input(unsigned) if keyed else unsigned
 
         return st.tuples(senders, msgs).map(encode)
 
     return Target(
-        name=name, doc=doc or f"Codec.decode_untrusted ({'keyed' if seal else 'no key'})",
-        run=run, errors=(WireError,), seeds=lambda: _datagram_seeds(seal),
+        name=name, doc=doc or f"Codec.decode_untrusted ({'keyed' if keyed else 'no key'})",
+        run=run, errors=(WireError,), seeds=lambda: _datagram_seeds(keyed),
         input_bytes_max=65535, structured=structured, prepare_coverage=_instrument_schemas,
-        tokens=_datagram_tokens, cbor_offset=HEADER_BYTES if seal is None else None)
+        tokens=_datagram_tokens, cbor_offset=None if keyed else HEADER_BYTES)
 
 
 def _check_message_round_trip(msg: Message) -> None:
@@ -1184,10 +1172,10 @@ register(Target(
     alloc_base_bytes=8 << 20, alloc_per_input_byte=400,
     tokens=lambda: [DATAGRAM_MARK, *_message_tokens()]))
 register(datagram_target("datagram_mac", lambda: Codec(CLUSTER, key=KEY, auth_only=True),
-                         seal=seal_with(lambda: Codec(CLUSTER, key=KEY, auth_only=True)),
+                         keyed=True,
                          doc="Codec.decode_untrusted, key_mode=auth_only (keyed BLAKE2b MAC)"))
 register(datagram_target("datagram_aead", lambda: Codec(CLUSTER, key=KEY),
-                         seal=seal_with(lambda: Codec(CLUSTER, key=KEY)),
+                         keyed=True,
                          doc="Codec.decode_untrusted with key_file (AES-256-GCM)"))
 register(message_target("gossip"))
 register(message_target("totem"))
