@@ -87,7 +87,7 @@ import ringd.group_messages  # noqa: F401  (registers the process-group payloads
 import ringd.key_messages  # noqa: F401  (registers the keyring payloads)
 import ringd.totem_messages  # noqa: F401  (registers the Totem messages with the codec)
 from ringd.keyring import KEY_BYTES_MIN, Keyring, root_key
-from ringd.messages import MESSAGE_TYPES, Address, Message
+from ringd.messages import MESSAGE_TYPES, Address, Message, only_of
 
 MAGIC: Final = b"RG"
 VERSION: Final = 1
@@ -384,13 +384,12 @@ def _optional(enc: _Encoder, dec: _Decoder) -> tuple[_Encoder, _Decoder]:
 
 def _tuple_codec(enc: _Encoder, dec: _Decoder) -> tuple[_Encoder, _Decoder]:
     exact = _EXACT_TYPES.get(dec)
-    only_exact = frozenset((exact,))
 
     def decode(v: Any) -> tuple[Any, ...]:
         if type(v) is not list:
             raise _bad("expected an array")
         if exact is not None:  # e.g. a batch of messages: the type check in C, no call per item
-            if not set(map(type, v)) <= only_exact:
+            if not only_of(v, exact):
                 raise _bad(f"expected an array of {exact.__name__}")
             return tuple(v)
         return tuple(map(dec, v))

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ringd.client.errors import ClientError, ConnectionLost, ProtocolError, RequestFailed, TryAgain
-from ringd.client.events import Batch, decode_event, only_of
+from ringd.client.events import Batch, decode_event
+from ringd.messages import only_of
 from ringd.wire import FrameReader, WireError, pack_frame
 
 # The daemon's limit on the data of one send request (API_SEND_BYTES_MAX in

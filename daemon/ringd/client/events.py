@@ -8,11 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ringd.client.errors import ProtocolError
-
-
-def only_of(items: Any, tp: type) -> bool:
-    """Every item of ``items`` is exactly of type ``tp``, checked in one C pass."""
-    return set(map(type, items)) <= {tp}
+from ringd.messages import only_of
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ from typing import Any, Final
 
 from ringd.core.totem_events import ConfigChange, ConfigKind, Deliver
 from ringd.group_messages import GroupJoin, GroupLeave, GroupMember, GroupSend, GroupSync
-from ringd.messages import Message
+from ringd.messages import Message, only_of
 from ringd.quorum_messages import QuorumExpected
 from ringd.totem_messages import RingId
 
@@ -94,14 +94,6 @@ def _group_ok(group: str) -> bool:
     except GroupOpError:
         return False
     return True
-
-
-def only_bytes(items: Iterable[Any]) -> bool:
-    """Every item is bytes: the type check of a batch of messages in one C pass."""
-    return set(map(type, items)) <= _BYTES
-
-
-_BYTES: Final = frozenset((bytes,))
 
 
 def _node_of(member: str) -> str:
@@ -207,7 +199,7 @@ class GroupsCore:
         batch = tuple(items)
         if not batch:
             raise GroupOpError("nothing to send")
-        if not only_bytes(batch):
+        if not only_of(batch, bytes):
             raise GroupOpError("every message must be bytes")
         return self._encode(GroupSend(group=group, member=f"{self.node}:{pid}", items=batch))
 

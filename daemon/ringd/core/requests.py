@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
-from ringd.core.groups import GroupOpError, check_group, only_bytes
+from ringd.core.groups import GroupOpError, check_group
+from ringd.messages import only_of
 
 # Application data in one send request (all items together).
 API_SEND_BYTES_MAX: Final = 1 << 20
@@ -132,7 +133,7 @@ def parse_request(op: str, request: dict[str, Any], *, conn: int, pid: int,
         data = request.get("data")
         if type(data) is bytes:
             items: tuple[bytes, ...] = (data,)
-        elif type(data) is list and only_bytes(data):
+        elif type(data) is list and only_of(data, bytes):
             items = tuple(data)
         else:
             raise BadRequest("send: 'data' must be bytes or a list of bytes")
